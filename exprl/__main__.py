@@ -1,0 +1,5 @@
+import sys
+
+from exprl.cli import main
+
+sys.exit(main())
