@@ -34,16 +34,18 @@ def _extensions() -> tuple[list, dict]:
     cuda_sources = sorted(glob.glob("csrc/*.cu"))
     if not cpp_sources:
         return [], {}
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    cxx_flags = ["-O3", "-fopenmp"]
     if _want_cuda(torch.version.cuda, CUDA_HOME) and cuda_sources:
         ext = CUDAExtension(
             "exprl._C",
             cpp_sources + cuda_sources,
-            extra_compile_args={"cxx": cxx_flags + ["-DEXPRL_WITH_CUDA"], "nvcc": ["-O3", "-std=c++17"]},
+            extra_compile_args={"cxx": cxx_flags + ["-DEXPRL_WITH_CUDA"], "nvcc": ["-O3"]},
             extra_link_args=["-fopenmp"],
         )
     else:
-        ext = CppExtension("exprl._C", cpp_sources, extra_compile_args=cxx_flags, extra_link_args=["-fopenmp"])
+        ext = CppExtension(
+            "exprl._C", cpp_sources, extra_compile_args=cxx_flags, extra_link_args=["-fopenmp"]
+        )
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 

@@ -3,7 +3,7 @@
 import importlib
 import sys
 
-# sub-command -> (module, function, one-line help). Each function takes argv (list[str]) and returns an exit code.
+# sub-command -> (module, function, one-line help); the function takes argv and returns an exit code.
 COMMANDS: dict[str, tuple[str, str, str]] = {}
 
 
