@@ -162,6 +162,8 @@ def group_advantages(rewards: Tensor, group_size: int, scale: bool, eps: float) 
     a group of one.
     """
     grouped = rewards.float().view(-1, group_size)
+    if grouped.numel() == 0:
+        return grouped.reshape(-1)
     centred = grouped - grouped.mean(dim=1, keepdim=True)
     if scale:
         std = grouped.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(centred)
