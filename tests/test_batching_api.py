@@ -10,23 +10,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import exprl.batching as batching
-from exprl.batching import reference
 
 IGNORE = -100
 
 
 @pytest.fixture(params=["torch", "ext"])
-def backend(request, monkeypatch):
+def backend(request):
     """Runs the test once with the reference ops and once with exprl._C (skipped when not built).
 
     It only selects the ops, which no example changes, so hypothesis may reuse it across examples."""
-    if request.param == "ext":
-        if batching.backend() != "ext":
-            pytest.skip(f"compiled ops unavailable: {batching.extension_error()}")
-        monkeypatch.setattr(batching, "_ops", lambda device: torch.ops.exprl)
-    else:
-        monkeypatch.setattr(batching, "_ops", lambda device: reference)
-    return request.param
+    if request.param == "ext" and batching.extension_error() is not None:
+        pytest.skip(f"compiled ops unavailable: {batching.extension_error()}")
+    with batching.use_backend(request.param):
+        yield request.param
 
 
 def ids(*values: int) -> torch.Tensor:
@@ -473,3 +469,12 @@ def test_generation_errors():
         batching.split_generation(sequences.float(), torch.tensor([1]), 1, eos_id=2)
     with pytest.raises(ValueError, match="truncated must hold one flag per response"):
         batching.build_rollout_batch([ids(1)], [ids(2)], 0, truncated=[True, False])
+
+
+def test_use_backend_selects_and_restores():
+    default = batching.backend()
+    with batching.use_backend("torch"):
+        assert batching.backend() == "torch"
+    assert batching.backend() == default
+    with pytest.raises(ValueError, match="backend must be"), batching.use_backend("numpy"):
+        pass
