@@ -225,6 +225,7 @@ def write_results(out_dir: Path, quick: bool) -> Path:
         "machine": machine(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "backend_cpu": batching.backend("cpu"),
         "batch": BATCH,
         "max_response": MAX_RESPONSE,

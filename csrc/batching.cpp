@@ -134,6 +134,45 @@ BatchTensors rollout_batch_cpu(const at::Tensor& prompt_ids, const at::Tensor& p
   });
 }
 
+// The trainer's input as it comes: lists of 1-D int64 token tensors, read in place (no concatenation).
+BatchTensors rollout_batch_lists_cpu(at::TensorList prompts, at::TensorList responses, int64_t pad_id, bool packed,
+                                     bool left) {
+  TORCH_CHECK_VALUE(prompts.size() == responses.size(), "prompts has ", prompts.size(),
+                    " sequences but responses has ", responses.size());
+  const int64_t batch = static_cast<int64_t>(prompts.size());
+  std::vector<at::Tensor> tokens;  // contiguous views (copies only where a tensor is strided)
+  tokens.reserve(2 * batch);
+  std::vector<int64_t> prompt_lengths(batch);
+  std::vector<int64_t> response_lengths(batch);
+  int64_t longest = 0;
+  for (int64_t b = 0; b < batch; ++b) {
+    for (const auto& [list, name, lengths] : {std::tuple{&prompts, "prompts", &prompt_lengths},
+                                              std::tuple{&responses, "responses", &response_lengths}}) {
+      const at::Tensor& seq = (*list)[b];
+      TORCH_CHECK_TYPE(seq.scalar_type() == at::kLong, name, "[", b, "] must be int64 token ids, got ",
+                       seq.scalar_type());
+      TORCH_CHECK_VALUE(seq.dim() == 1, name, "[", b, "] must be 1-D, got shape ", seq.sizes());
+      TORCH_CHECK_VALUE(seq.device().is_cpu(), name, "[", b, "] is on ", seq.device(), ", expected cpu");
+      tokens.push_back(seq.contiguous());
+      (*lengths)[b] = seq.numel();
+    }
+    longest = std::max(longest, prompt_lengths[b] + response_lengths[b]);
+  }
+  auto check_ids_non_negative = [&](int64_t b) {
+    for (int64_t k = 0; k < 2; ++k) {
+      const int64_t* data = tokens[2 * b + k].data_ptr<int64_t>();
+      const int64_t count = tokens[2 * b + k].numel();
+      TORCH_CHECK_VALUE(std::all_of(data, data + count, [](int64_t id) { return id >= 0; }),
+                        k == 0 ? "prompts" : "responses", "[", b, "] contains negative token ids");
+    }
+  };
+  const at::Tensor like = batch > 0 ? tokens[0] : at::empty({0}, at::kLong);
+  return build_batch(like, prompt_lengths, response_lengths, pad_id, longest, packed, left, [&](int64_t b) {
+    check_ids_non_negative(b);
+    return std::pair{tokens[2 * b].data_ptr<int64_t>(), tokens[2 * b + 1].data_ptr<int64_t>()};
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor> generation_lengths_cpu(const at::Tensor& sequences, int64_t prompt_width,
                                                           int64_t eos_id) {
   check_ids(sequences, "sequences", 2);
@@ -379,6 +418,9 @@ TORCH_LIBRARY(exprl, m) {
   m.def(
       "rollout_batch(Tensor prompt_ids, Tensor prompt_cu, Tensor response_ids, Tensor response_cu, int pad_id, "
       "int max_len, bool packed, bool left) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "rollout_batch_lists(Tensor[] prompts, Tensor[] responses, int pad_id, bool packed, bool left) -> "
+      "(Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("generation_lengths(Tensor sequences, int prompt_width, int eos_id) -> (Tensor, Tensor)");
   m.def(
       "rollout_from_generation(Tensor sequences, Tensor prompt_lengths, Tensor response_lengths, int prompt_width, "
@@ -393,6 +435,7 @@ TORCH_LIBRARY_IMPL(exprl, CPU, m) {
   m.impl("unpack", &unpack_cpu);
   m.impl("repack", &repack_cpu);
   m.impl("rollout_batch", &rollout_batch_cpu);
+  m.impl("rollout_batch_lists", &rollout_batch_lists_cpu);
   m.impl("generation_lengths", &generation_lengths_cpu);
   m.impl("rollout_from_generation", &rollout_from_generation_cpu);
   m.impl("group_advantages", &group_advantages_cpu);

@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import exprl.batching as batching
@@ -72,6 +72,22 @@ def test_rollout_batch_equals_reference(data, packed, left, extra, cu_dtype):
         left,
     )
     assert_all_equal(ops.rollout_batch(*args), reference.rollout_batch(*args))
+
+
+@pytestmark_ext
+@settings(max_examples=40, deadline=None)
+@given(data=ragged_pairs(), packed=st.booleans(), left=st.booleans())
+def test_rollout_batch_lists_equals_flat_op(data, packed, left):
+    prompt_ids, prompt_lengths, response_ids, response_lengths = data
+    assume(prompt_lengths)  # an empty Tensor[] has no device to dispatch on; the API never passes one
+    prompts = list(prompt_ids.split(prompt_lengths))
+    # A strided tensor in the list must be read as its values, not its storage.
+    responses = [torch.stack([r, r]).t()[:, 1] for r in response_ids.split(response_lengths)]
+    max_len = max((p + r for p, r in zip(prompt_lengths, response_lengths, strict=True)), default=0)
+    expected = reference.rollout_batch(
+        prompt_ids, offsets(prompt_lengths), response_ids, offsets(response_lengths), 3, max_len, packed, left
+    )
+    assert_all_equal(ops.rollout_batch_lists(prompts, responses, 3, packed, left), expected)
 
 
 @st.composite
@@ -209,6 +225,19 @@ def test_rollout_batch_checks_offsets_and_sizes():
         ops.rollout_batch(ids.int(), torch.tensor([0, 4]), ids, torch.tensor([0, 4]), 0, 9, False, False)
     with pytest.raises(RuntimeError, match="prompt_cu must be int32 or int64"):
         ops.rollout_batch(ids, torch.tensor([0.0, 4.0]), ids, torch.tensor([0, 4]), 0, 9, False, False)
+
+
+@pytestmark_ext
+def test_rollout_batch_lists_checks_each_tensor():
+    good = torch.arange(3)
+    with pytest.raises(ValueError, match="prompts has 1 sequences but responses has 2"):
+        ops.rollout_batch_lists([good], [good, good], 0, True, False)
+    with pytest.raises(TypeError, match=r"responses\[1\] must be int64 token ids"):
+        ops.rollout_batch_lists([good, good], [good, good.float()], 0, True, False)
+    with pytest.raises(ValueError, match=r"prompts\[0\] must be 1-D"):
+        ops.rollout_batch_lists([good[None]], [good], 0, True, False)
+    with pytest.raises(ValueError, match=r"responses\[2\] contains negative token ids"):
+        ops.rollout_batch_lists([good] * 3, [good, good, good - 1], 0, False, True)
 
 
 @pytestmark_ext

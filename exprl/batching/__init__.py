@@ -140,8 +140,8 @@ def _check_side(side: str, name: str) -> bool:
     return side == "left"
 
 
-def _flatten(seqs: Sequence[Tensor], name: str, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
-    """Concatenate 1-D int64 token tensors -> (flat (N,) int64, cu_seqlens (B+1,) int64 on CPU)."""
+def _check_token_lists(seqs: Sequence[Tensor], name: str, device: torch.device | None = None) -> list[int]:
+    """Lengths of B 1-D int64 token tensors, all on one device (`device` when given)."""
     if isinstance(seqs, Tensor) or not isinstance(seqs, Sequence):
         raise TypeError(f"{name} must be a list of 1-D int64 tensors, got {type(seqs).__name__}")
     lengths = []
@@ -157,13 +157,23 @@ def _flatten(seqs: Sequence[Tensor], name: str, device: torch.device | None = No
         elif seq.device != device:
             raise ValueError(f"{name}[{index}] is on {seq.device} but the batch is on {device}")
         lengths.append(seq.numel())
-    device = torch.device("cpu") if device is None else device
+    return lengths
+
+
+def _flatten(seqs: Sequence[Tensor], name: str, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+    """Concatenate 1-D int64 token tensors -> (flat (N,) int64, cu_seqlens (B+1,) int64 on CPU)."""
+    lengths = _check_token_lists(seqs, name, device)
+    device = seqs[0].device if seqs else device or torch.device("cpu")
     flat = torch.cat(list(seqs)) if seqs else torch.empty(0, dtype=torch.long, device=device)
     if flat.numel() > 0 and bool((flat < 0).any()):
         raise ValueError(f"{name} contains negative token ids")
-    cu_seqlens = torch.zeros(len(lengths) + 1, dtype=torch.long)
+    return flat, _offsets(lengths)
+
+
+def _offsets(lengths: list[int], dtype: torch.dtype = torch.long) -> Tensor:
+    cu_seqlens = torch.zeros(len(lengths) + 1, dtype=dtype)
     torch.cumsum(torch.tensor(lengths, dtype=torch.long), 0, out=cu_seqlens[1:])
-    return flat, cu_seqlens
+    return cu_seqlens
 
 
 def _check_cu_seqlens(
@@ -221,32 +231,34 @@ def build_rollout_batch(
     left = _check_side(pad_side, "pad_side")
     if not isinstance(pad_id, int) or pad_id < 0:
         raise ValueError(f"pad_id must be a non-negative int, got {pad_id!r}")
-    prompt_ids, prompt_cu = _flatten(prompts, "prompts")
-    response_ids, response_cu = _flatten(responses, "responses", prompt_ids.device if prompts else None)
+    prompt_lengths = _check_token_lists(prompts, "prompts")
+    device = prompts[0].device if prompts else None
+    response_lengths = _check_token_lists(responses, "responses", device)
     if len(prompts) != len(responses):
         raise ValueError(f"prompts has {len(prompts)} sequences but responses has {len(responses)}")
-    device = prompt_ids.device if prompts else response_ids.device
-    prompt_lengths = prompt_cu[1:] - prompt_cu[:-1]
-    response_lengths = response_cu[1:] - response_cu[:-1]
-    lengths = prompt_lengths + response_lengths
-    max_len = int(lengths.max()) if lengths.numel() > 0 else 0
-    outputs = _ops(device).rollout_batch(
-        prompt_ids,
-        prompt_cu.to(device),
-        response_ids,
-        response_cu.to(device),
-        pad_id,
-        max_len,
-        layout == "packed",
-        left,
-    )
-    cu_seqlens = torch.zeros(len(prompts) + 1, dtype=torch.int32)
-    torch.cumsum(lengths, 0, out=cu_seqlens[1:])
+    device = device or (responses[0].device if responses else torch.device("cpu"))
+    lengths = [p + r for p, r in zip(prompt_lengths, response_lengths, strict=True)]
+    if prompts and device.type == "cpu" and backend(device) == "ext":
+        # Reads the lists in place; checks for negative ids while it copies.
+        outputs = torch.ops.exprl.rollout_batch_lists(prompts, responses, pad_id, layout == "packed", left)
+    else:
+        prompt_ids, prompt_cu = _flatten(prompts, "prompts", device)
+        response_ids, response_cu = _flatten(responses, "responses", device)
+        outputs = _ops(device).rollout_batch(
+            prompt_ids,
+            prompt_cu.to(device),
+            response_ids,
+            response_cu.to(device),
+            pad_id,
+            max(lengths, default=0),
+            layout == "packed",
+            left,
+        )
     return RolloutBatch(
         *outputs,
-        cu_seqlens=cu_seqlens.to(device),
-        prompt_lengths=prompt_lengths.to(device),
-        response_lengths=response_lengths.to(device),
+        cu_seqlens=_offsets(lengths, torch.int32).to(device),
+        prompt_lengths=torch.tensor(prompt_lengths, dtype=torch.long, device=device),
+        response_lengths=torch.tensor(response_lengths, dtype=torch.long, device=device),
         truncated=_truncated_flags(truncated, len(prompts), device),
         layout=layout,
         pad_side=pad_side,
