@@ -340,7 +340,8 @@ def batch_from_generation(
     ops = _ops(sequences.device)
     response_lengths, truncated = ops.generation_lengths(sequences, prompt_width, eos_id)
     lengths = prompt_lengths + response_lengths
-    max_len = int(lengths.max()) if lengths.numel() > 0 else 0
+    # The padded width costs a device sync: only the padded layout needs it.
+    max_len = int(lengths.max()) if layout == "padded" and lengths.numel() > 0 else 0
     outputs = ops.rollout_from_generation(
         sequences, prompt_lengths, response_lengths, prompt_width, pad_id, max_len, layout == "packed", left
     )
