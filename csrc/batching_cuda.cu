@@ -41,11 +41,12 @@ Offsets upload_offsets(std::vector<int64_t> host, const at::Device& device) {
   return {std::move(host), staging.to(device)};
 }
 
-Offsets read_offsets(const at::Tensor& cu_seqlens, int64_t total, const char* name) {
+// cu_seqlens may live on the host or the device; kernels get a copy on `device` (the data's).
+Offsets read_offsets(const at::Tensor& cu_seqlens, int64_t total, const char* name, const at::Device& device) {
   const at::Tensor cpu = check_offsets(cu_seqlens, name).cpu();
   const int64_t* data = cpu.data_ptr<int64_t>();
   check_offsets_values(data, cpu.numel(), total, name);
-  return upload_offsets(std::vector<int64_t>(data, data + cpu.numel()), cu_seqlens.device());
+  return upload_offsets(std::vector<int64_t>(data, data + cpu.numel()), device);
 }
 
 Offsets offsets_from_lengths(const std::vector<int64_t>& lengths, const at::Device& device) {
@@ -165,8 +166,8 @@ BatchTensors rollout_batch_cuda(const at::Tensor& prompt_ids, const at::Tensor& 
   check_cuda(prompt_ids, "prompt_ids");
   check_same_device(prompt_ids, response_ids, "prompt_ids", "response_ids");
   const c10::cuda::CUDAGuard guard(prompt_ids.device());
-  const Offsets prompts = read_offsets(prompt_cu, prompt_ids.numel(), "prompt_cu");
-  const Offsets responses = read_offsets(response_cu, response_ids.numel(), "response_cu");
+  const Offsets prompts = read_offsets(prompt_cu, prompt_ids.numel(), "prompt_cu", prompt_ids.device());
+  const Offsets responses = read_offsets(response_cu, response_ids.numel(), "response_cu", prompt_ids.device());
   TORCH_CHECK(prompts.batch() == responses.batch(), "prompt_cu has ", prompts.batch(),
               " sequences but response_cu has ", responses.batch());
   std::vector<int64_t> lengths(prompts.batch());
@@ -293,7 +294,7 @@ at::Tensor unpack_cuda(const at::Tensor& values, const at::Tensor& cu_seqlens, i
   check_cuda(values, "values");
   check_same_device(values, cu_seqlens, "values", "cu_seqlens");
   const c10::cuda::CUDAGuard guard(values.device());
-  const Offsets offsets = read_offsets(cu_seqlens, values.size(0), "cu_seqlens");
+  const Offsets offsets = read_offsets(cu_seqlens, values.size(0), "cu_seqlens", values.device());
   TORCH_CHECK(max_len >= offsets.longest(), "max_len ", max_len, " is shorter than the longest sequence (",
               offsets.longest(), ")");
   const at::Tensor source = values.contiguous();
@@ -322,7 +323,7 @@ at::Tensor repack_cuda(const at::Tensor& padded, const at::Tensor& cu_seqlens, b
   const c10::cuda::CUDAGuard guard(padded.device());
   const at::Tensor cpu_cu = check_offsets(cu_seqlens, "cu_seqlens").cpu();
   const int64_t total = cpu_cu.data_ptr<int64_t>()[cpu_cu.numel() - 1];
-  const Offsets offsets = read_offsets(cu_seqlens, total, "cu_seqlens");
+  const Offsets offsets = read_offsets(cu_seqlens, total, "cu_seqlens", padded.device());
   TORCH_CHECK(offsets.batch() == padded.size(0), "cu_seqlens has ", offsets.batch(), " sequences but padded has ",
               padded.size(0), " rows");
   TORCH_CHECK(offsets.longest() <= padded.size(1), "cu_seqlens has a sequence of ", offsets.longest(),
@@ -441,7 +442,7 @@ at::Tensor segment_advantages_cuda(const at::Tensor& segment_ids, const at::Tens
   check_segment_args(segment_ids, scores, num_segments, mode, group_size);
   check_cuda(segment_ids, "segment_ids");
   const c10::cuda::CUDAGuard guard(segment_ids.device());
-  const Offsets offsets = read_offsets(cu_seqlens, segment_ids.numel(), "cu_seqlens");
+  const Offsets offsets = read_offsets(cu_seqlens, segment_ids.numel(), "cu_seqlens", segment_ids.device());
   TORCH_CHECK(offsets.batch() == scores.size(0), "cu_seqlens has ", offsets.batch(), " sequences but scores has ",
               scores.size(0), " rows");
   const int64_t batch = scores.size(0);

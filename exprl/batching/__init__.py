@@ -26,6 +26,7 @@ __all__ = [
     "backend",
     "batch_from_generation",
     "build_rollout_batch",
+    "extension_error",
     "group_advantages",
     "pack_sequences",
     "pad_sequences",
