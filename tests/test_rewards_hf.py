@@ -7,7 +7,7 @@ from rewards_tiny_model import save_tiny_llama
 from exprl.data import builtin_problems
 from exprl.models import load_model_and_tokenizer
 from exprl.rewards import Rollout, build_reward
-from exprl.rewards.prompts import parse_score
+from exprl.rewards.prompts import outcome_messages, parse_score, render_plain
 
 PROBLEMS = builtin_problems("chain", 2, "train", 3, seed=11)
 
@@ -40,7 +40,7 @@ def test_process_grades_every_non_empty_segment(grader_path):
 def test_unparsable_generations_are_none_and_counted(random_path):
     judge = build_reward("hf", path=str(random_path), max_new_tokens=16)
     batch = [Rollout(p, p.reference) for p in PROBLEMS]
-    raw = judge.complete([judge._requests(r)[0] for r in batch])
+    raw = judge.complete([outcome_messages(p, p.reference, "###") for p in PROBLEMS])
     assert all(isinstance(text, str) and parse_score(text) is None for text in raw)  # gibberish
     assert judge.score(batch) == [None, None, None]
     assert judge.counters["unparsed"] == 3 and judge.counters["ungraded"] == 3
@@ -57,6 +57,17 @@ def test_a_loaded_model_can_be_shared(grader_path):
     judge = build_reward("hf", model=model, tokenizer=tokenizer, max_new_tokens=16)
     assert judge.model is model and not any(p.requires_grad for p in model.parameters())
     assert judge.score([Rollout(PROBLEMS[1], "wrong")]) == [0.75]
+
+
+def test_a_tokenizer_without_chat_template_gets_plain_prompts(random_path):
+    model, tokenizer = load_model_and_tokenizer(random_path)
+    tokenizer.chat_template = None  # like a base model's tokenizer
+    judge = build_reward("hf", model=model, tokenizer=tokenizer, max_new_tokens=4)
+    messages = outcome_messages(PROBLEMS[0], "x=1", "###")
+    assert judge.render(messages) == render_plain(messages)
+    assert render_plain(messages).endswith("Grader:") and messages[1]["content"] in render_plain(messages)
+    (output,) = judge.complete([messages])
+    assert isinstance(output, str)
 
 
 def test_bad_options_are_rejected(tmp_path):
