@@ -8,7 +8,8 @@ Dtypes: token ids, `position_ids`, `attention_mask` int64; `response_mask` bool;
 int32 (flash-attn's convention); advantages float32.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,6 +33,7 @@ __all__ = [
     "segment_advantages",
     "split_generation",
     "unpack",
+    "use_backend",
 ]
 
 try:
@@ -47,8 +49,29 @@ def extension_error() -> str | None:
     return _EXT_ERROR
 
 
+_forced_backend: Literal["ext", "torch"] | None = None
+
+
+@contextmanager
+def use_backend(name: Literal["ext", "torch", "auto"]) -> Iterator[None]:
+    """Run the enclosed calls on the compiled ops ("ext"), the reference ("torch") or whichever
+    `backend()` picks ("auto"); for benchmarks and debugging. "ext" needs the extension built."""
+    global _forced_backend
+    if name not in ("ext", "torch", "auto"):
+        raise ValueError(f"backend must be 'ext', 'torch' or 'auto', got {name!r}")
+    if name == "ext" and _EXT_ERROR is not None:
+        raise RuntimeError(_EXT_ERROR)
+    previous, _forced_backend = _forced_backend, None if name == "auto" else name
+    try:
+        yield
+    finally:
+        _forced_backend = previous
+
+
 def backend(device: torch.device | str = "cpu") -> Literal["ext", "torch"]:
-    """ "ext" when the compiled ops serve tensors on `device`, else "torch" (the reference)."""
+    """Which ops serve tensors on `device`: "ext" (exprl._C) or "torch" (the reference)."""
+    if _forced_backend is not None:
+        return _forced_backend
     if _EXT_ERROR is not None:
         return "torch"
     dispatch_key = "CUDA" if torch.device(device).type == "cuda" else "CPU"
