@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from exprl.rewards.answers import extract_answer, same_answer
 from exprl.rewards.base import Rollout
-from exprl.rewards.judge import EMPTY_SEGMENT_GRADE, check_mode, grade_to_reward
+from exprl.rewards.judge import EMPTY_SEGMENT_GRADE, Judge, grade_to_reward
 from exprl.rewards.segments import DEFAULT_DELIMITER, split_segments
 
 ANSWER = "Answer"  # the quantity name of the final answer, distinct from any whitespace-free lhs
@@ -108,17 +108,10 @@ def process_grades(response: str, keys: Sequence[Claim], delimiter: str) -> list
     return grades
 
 
-class RubricJudge:
+class RubricJudge(Judge):
     """Grades against the reference's key results, as the module docstring defines; needs no model."""
 
     name = "rubric"
-
-    def __init__(self, mode: str = "outcome", delimiter: str = DEFAULT_DELIMITER) -> None:
-        self.mode = check_mode(mode)
-        split_segments("", delimiter)  # validates the delimiter
-        self.delimiter = delimiter
-        self.granularity = "response" if mode == "outcome" else "segment"
-        self.counters: dict[str, int] = {}
 
     def score(self, batch: Sequence[Rollout]) -> list[float | list[float]]:
         scores = []
