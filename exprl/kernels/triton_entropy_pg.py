@@ -89,10 +89,7 @@ def _entropy_pg_kernel(
     if COMPUTE_GRAD:
         # g = dl/dlogp of reference.token_objective
         adv = tl.load(advantages_ptr + row)
-        if HAS_OLD:
-            ratio = tl.exp(logp - tl.load(old_ptr + row))
-        else:
-            ratio = 1.0
+        ratio = tl.exp(logp - tl.load(old_ptr + row)) if HAS_OLD else 1.0
         pg_unclipped = -adv * ratio
         pg_clipped = -adv * tl.minimum(tl.maximum(ratio, 1.0 - clip_low), 1.0 + clip_high)
         active = pg_unclipped >= pg_clipped
