@@ -152,11 +152,24 @@ def with_behaviour_logprobs(case: Case, logits: torch.Tensor) -> dict:
     )
     for i, (key, spread) in enumerate(case.perturb.items()):
         sigma, mean = spread if isinstance(spread, tuple) else (spread, 0.0)
-        options[key] = (true_logp + mean + sigma * _normal(true_logp.shape, seed=10 + i)).float()
+        noise = _normal(true_logp.shape, seed=10 + i).to(true_logp.device)
+        options[key] = (true_logp + mean + sigma * noise).float()
     return options
 
 
-def check_against_reference(case: Case, dtype: torch.dtype, backend: str) -> None:
+def _to(value, device):
+    return value.to(device) if isinstance(value, torch.Tensor) else value
+
+
+def check_against_reference(case: Case, dtype: torch.dtype, backend: str, device: str = "cpu") -> None:
+    """Runs `backend` on `device` and the reference in fp64 on the same rounded inputs; compares all."""
+    case = Case(
+        case.logits.to(device),
+        case.target_ids.to(device),
+        case.advantages.to(device),
+        {k: _to(v, device) for k, v in case.options.items()},
+        case.perturb,
+    )
     logits = case.logits.to(dtype)
     options = with_behaviour_logprobs(case, logits)
     x64 = logits.double().requires_grad_()
