@@ -93,6 +93,8 @@ def _(logits, targets, weights, advantages, old_logprobs, ref_logprobs, *args):
 
 def _setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(output[-1])
+    # only the loss is differentiable: no zero-filled N x V gradient for the dlogits output
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_loss, *unused):

@@ -126,6 +126,10 @@ def _entropy_pg_kernel(
 def _launch(logits, targets, weights, advantages, old, ref, options, compute_grad):
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
+    # the kernel indexes the per-token vectors by row: unit stride (an expanded (B,) advantage has 0)
+    targets, weights, advantages, old, ref = (
+        None if v is None else v.contiguous() for v in (targets, weights, advantages, old, ref)
+    )
     n, vocab = logits.shape
     logp = torch.empty(n, dtype=torch.float32, device=logits.device)
     entropy = torch.empty_like(logp)
