@@ -223,9 +223,8 @@ def write_table():
         "torch": torch.__version__,
         "triton": _triton_version(),
         "mode": "quick" if QUICK else "full",
-        "timing": "disabled (--benchmark-disable): one run"
-        if RESULTS[0]["rounds"] == 1
-        else "median of rounds",
+        "timing": f"median of {RESULTS[0]['rounds']} run(s) per case",
+        "load average (1, 5, 15 min) at the end": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
     }
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     tag = "cuda" if CUDA else "cpu"

@@ -6,6 +6,7 @@ backends only do the O(N*V) part (see `exprl.kernels.fused`).
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import numbers
 import os
@@ -17,6 +18,7 @@ from exprl.kernels.reference import IGNORE_INDEX, KL_ESTIMATORS, LOSS_AGGS, PGLo
 
 BACKENDS = ("auto", "triton", "torch", "eager")
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
 def _check_number(name: str, value: object, *, low: float | None = None, strict: bool = False) -> float:
@@ -79,7 +81,9 @@ def _resolve_backend(backend: object, logits: torch.Tensor) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "triton" if logits.is_cuda else "torch"
+        return "triton" if logits.is_cuda and _HAS_TRITON else "torch"
+    if backend == "triton" and not _HAS_TRITON:
+        raise ValueError("backend='triton' needs the triton package, which is not installed")
     if backend == "triton" and not logits.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError("backend='triton' needs CUDA logits (or TRITON_INTERPRET=1 for CPU tensors)")
     return backend
