@@ -2,6 +2,7 @@
 
 The O(N) work (advantage broadcast, aggregation weights w_t, stats) happens here in torch; the fused
 backends only do the O(N*V) part (see `exprl.kernels.fused`).
+The `triton` backend module is imported on first use, so CPU-only installs never import triton.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 
 import torch
 
-from exprl.kernels import reference
+from exprl.kernels import fused, reference
 from exprl.kernels.reference import IGNORE_INDEX, KL_ESTIMATORS, LOSS_AGGS, PGLossOutput
 
 BACKENDS = ("auto", "triton", "torch", "eager")
@@ -178,8 +179,6 @@ def logprobs_and_entropy(
     backend = _resolve_backend(backend, logits)
     if backend == "eager":
         return reference.logprobs_and_entropy(logits, target_ids, temperature=temperature)
-    from exprl.kernels import fused
-
     vocab = logits.shape[-1]
     logp, entropy = fused.logprobs_and_entropy(
         logits.reshape(-1, vocab), target_ids.reshape(-1), temperature, backend
@@ -260,11 +259,7 @@ def entropy_pg_loss(
             cu_seqlens=cu_seqlens,
             **options,
         )
-    from exprl.kernels import fused
-
-    m = (target_ids != IGNORE_INDEX).float()
-    if mask is not None:
-        m = m * mask.float()
+    m = reference.token_mask(target_ids, mask, torch.float32)
     weights = reference.token_weights(
         m, loss_agg, norm_tokens=norm_tokens, max_len=max_len, cu_seqlens=cu_seqlens
     )

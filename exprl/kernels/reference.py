@@ -41,6 +41,12 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def token_mask(target_ids: torch.Tensor, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """m_t: the mask (1 where None) times 0 on ignore_index targets; shape of target_ids."""
+    m = (target_ids != IGNORE_INDEX).to(dtype)
+    return m if mask is None else m * mask.to(dtype)
+
+
 def sequence_lengths(target_shape: torch.Size, cu_seqlens: torch.Tensor | None) -> torch.Tensor:
     """Lengths (S,) int64 of the sequences: rows of a (B, T) batch, or the spans of packed (N,) input."""
     if cu_seqlens is not None:
@@ -201,9 +207,7 @@ def entropy_pg_loss(
     """
     dtype = compute_dtype(logits.dtype)
     logp, entropy = _log_softmax_stats(logits, target_ids, temperature)
-    m = (target_ids != IGNORE_INDEX).to(dtype)
-    if mask is not None:
-        m = m * mask.to(dtype)
+    m = token_mask(target_ids, mask, dtype)
     adv = expand_advantages(advantages, target_ids.shape, cu_seqlens).to(dtype)
     parts = token_objective(
         logp,
