@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -214,17 +215,15 @@ def grad_atol(x64: torch.Tensor, dtype: torch.dtype, target_ids, advantages, opt
     temperature = options.get("temperature", 1.0)
     logp, entropy = reference.logprobs_and_entropy(x64.detach(), target_ids, temperature=temperature)
     logp = logp.requires_grad_()
-    objective = dict(
-        clip_low=0.2, clip_high=0.2, dual_clip=None, kl_coef=0.0, kl_estimator="k3", entropy_coef=0.0
-    )
-    objective.update({k: v for k, v in options.items() if k in objective})
+    fields = {f.name for f in dataclasses.fields(reference.ObjectiveOptions)}
+    objective = reference.ObjectiveOptions(**{k: v for k, v in options.items() if k in fields})
     parts = reference.token_objective(
         logp,
         entropy,
         reference.expand_advantages(advantages, target_ids.shape, options.get("cu_seqlens")).double(),
         None if options.get("old_logprobs") is None else options["old_logprobs"].double(),
         None if options.get("ref_logprobs") is None else options["ref_logprobs"].double(),
-        **objective,
+        objective,
     )
     (g,) = torch.autograd.grad(parts["l"].sum(), logp)
     m = (target_ids != -100).double()
@@ -233,5 +232,5 @@ def grad_atol(x64: torch.Tensor, dtype: torch.dtype, target_ids, advantages, opt
     token_options = {k: options.get(k) for k in ("norm_tokens", "max_len", "cu_seqlens")}
     w = reference.token_weights(m, options.get("loss_agg", "token-mean"), **token_options)
     term = float((w * g).nan_to_num(0).abs().max()) / temperature
-    term = max(term, float(w.abs().max()) * abs(options.get("entropy_coef", 0.0)) * z_max)
+    term = max(term, float(w.abs().max()) * abs(objective.entropy_coef) * z_max)
     return GRAD_RTOL[dtype] * scale + 16 * 6e-8 * (1 + z_max) * term + 1e-7

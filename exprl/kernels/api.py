@@ -7,6 +7,7 @@ The `triton` backend module is imported on first use, so CPU-only installs never
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import numbers
@@ -15,7 +16,7 @@ import os
 import torch
 
 from exprl.kernels import fused, reference
-from exprl.kernels.reference import IGNORE_INDEX, KL_ESTIMATORS, LOSS_AGGS, PGLossOutput
+from exprl.kernels.reference import IGNORE_INDEX, KL_ESTIMATORS, LOSS_AGGS, ObjectiveOptions, PGLossOutput
 
 BACKENDS = ("auto", "triton", "torch", "eager")
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
@@ -236,15 +237,7 @@ def entropy_pg_loss(
     entropy_coef = _check_number("entropy_coef", entropy_coef)
     _check_options(loss_agg, kl_estimator, kl_coef, ref_logprobs, norm_tokens, max_len, cu_seqlens, logits)
     backend = _resolve_backend(backend, logits)
-    options = dict(
-        temperature=temperature,
-        clip_low=clip_low,
-        clip_high=clip_high,
-        dual_clip=dual_clip,
-        kl_coef=kl_coef,
-        kl_estimator=kl_estimator,
-        entropy_coef=entropy_coef,
-    )
+    options = ObjectiveOptions(clip_low, clip_high, dual_clip, kl_coef, kl_estimator, entropy_coef)
     if backend == "eager":
         return reference.entropy_pg_loss(
             logits,
@@ -253,11 +246,12 @@ def entropy_pg_loss(
             mask=mask,
             old_logprobs=old_logprobs,
             ref_logprobs=ref_logprobs,
+            temperature=temperature,
             loss_agg=loss_agg,
             norm_tokens=norm_tokens,
             max_len=max_len,
             cu_seqlens=cu_seqlens,
-            **options,
+            **dataclasses.asdict(options),
         )
     m = reference.token_mask(target_ids, mask, torch.float32)
     weights = reference.token_weights(
@@ -276,7 +270,8 @@ def entropy_pg_loss(
         flat(old_logprobs),
         flat(ref_logprobs),
         backend=backend,
-        **options,
+        temperature=temperature,
+        options=options,
     )
     stats = reference.masked_stats(m.reshape(-1), parts, entropy)
     return PGLossOutput(loss, logp.reshape(shape), entropy.reshape(shape), stats)

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from exprl.kernels.reference import IGNORE_INDEX
+from exprl.kernels.reference import IGNORE_INDEX, ObjectiveOptions
 
 # ~1 MiB of fp32 per chunk buffer: the chunk stays in cache across the ~12 passes made over it
 CHUNK_ELEMENTS = 1 << 18
@@ -33,26 +33,25 @@ def dobjective_dlogp(
     advantages: torch.Tensor,
     old_logprobs: torch.Tensor | None,
     ref_logprobs: torch.Tensor | None,
-    *,
-    clip_low: float,
-    clip_high: float,
-    dual_clip: float | None,
-    kl_coef: float,
-    kl_estimator: str,
+    options: ObjectiveOptions,
 ) -> torch.Tensor:
     """g = dl/dlogp of `reference.token_objective`, per token (same shape), fp32."""
     ratio = torch.ones_like(logp) if old_logprobs is None else torch.exp(logp - old_logprobs)
     pg_unclipped = -advantages * ratio
-    pg_clipped = -advantages * ratio.clamp(1 - clip_low, 1 + clip_high)
+    pg_clipped = -advantages * ratio.clamp(1 - options.clip_low, 1 + options.clip_high)
     # the ratio gets a gradient only where the unclipped branch is the one taken
     active = pg_unclipped >= pg_clipped
-    if dual_clip is not None:
-        active &= ~((advantages < 0) & (-advantages * dual_clip < pg_unclipped))
+    if options.dual_clip is not None:
+        active &= ~((advantages < 0) & (-advantages * options.dual_clip < pg_unclipped))
     g = torch.where(active, pg_unclipped, 0.0)
-    if ref_logprobs is not None and kl_coef != 0:
+    if ref_logprobs is not None and options.kl_coef != 0:
         d = ref_logprobs - logp
-        dkl = {"k1": torch.ones_like(d), "k2": -d, "k3": 1 - torch.exp(d)}[kl_estimator]
-        g = g + kl_coef * dkl
+        if options.kl_estimator == "k1":
+            g = g + options.kl_coef
+        elif options.kl_estimator == "k2":
+            g = g - options.kl_coef * d
+        else:
+            g = g + options.kl_coef * (1 - torch.exp(d))
     return g
 
 
@@ -135,12 +134,7 @@ def entropy_pg_forward(
     ref_logprobs: torch.Tensor | None,
     *,
     temperature: float,
-    clip_low: float,
-    clip_high: float,
-    dual_clip: float | None,
-    kl_coef: float,
-    kl_estimator: str,
-    entropy_coef: float,
+    options: ObjectiveOptions,
     compute_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One sweep: (logprobs (N,) fp32, entropy (N,) fp32, dlogits (N, V) logits dtype or None).
@@ -163,15 +157,11 @@ def entropy_pg_forward(
                 advantages[start:stop],
                 None if old_logprobs is None else old_logprobs[start:stop],
                 None if ref_logprobs is None else ref_logprobs[start:stop],
-                clip_low=clip_low,
-                clip_high=clip_high,
-                dual_clip=dual_clip,
-                kl_coef=kl_coef,
-                kl_estimator=kl_estimator,
+                options,
             )
             scale = weights[start:stop] / temperature
             # dl/dz_j = g (onehot_j - p_j) - h p_j (z_j - mu), h = -entropy_coef
-            term = buf.sub_(shifted_mu.unsqueeze(-1)).mul_(p).mul_(entropy_coef)
+            term = buf.sub_(shifted_mu.unsqueeze(-1)).mul_(p).mul_(options.entropy_coef)
             term.addcmul_(p, g.unsqueeze(-1), value=-1.0).mul_(scale.unsqueeze(-1))
             # masked rows get an exact 0 even where their g is inf or nan
             term[scale == 0] = 0.0

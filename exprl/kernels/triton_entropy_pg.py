@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from exprl.kernels.reference import IGNORE_INDEX
+from exprl.kernels.reference import IGNORE_INDEX, ObjectiveOptions
 
 # 4096 bf16 logits = 8 KiB per block: 16 elements (two 16-byte loads) per thread at 8 warps.
 MAX_BLOCK_V = 4096
@@ -123,7 +123,7 @@ def _entropy_pg_kernel(
             tl.store(grad_row_ptr + idx, dz.to(dlogits_ptr.dtype.element_ty), mask=in_row)
 
 
-def _launch(logits, targets, weights, advantages, old, ref, options, compute_grad):
+def _launch(logits, targets, weights, advantages, old, ref, temperature, options, compute_grad):
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
     # the kernel indexes the per-token vectors by row: unit stride (an expanded (B,) advantage has 0)
@@ -139,7 +139,7 @@ def _launch(logits, targets, weights, advantages, old, ref, options, compute_gra
     block_v = min(MAX_BLOCK_V, triton.next_power_of_2(vocab))
     num_warps = 8 if block_v >= 2048 else 4
     placeholder = logp  # never read: the constexpr flags switch those loads off
-    use_ref = ref is not None and options["kl_coef"] != 0
+    use_ref = ref is not None and options.kl_coef != 0
     _entropy_pg_kernel[(n,)](
         logits,
         logits.stride(0),
@@ -153,16 +153,16 @@ def _launch(logits, targets, weights, advantages, old, ref, options, compute_gra
         placeholder if dlogits is None else dlogits,
         vocab if dlogits is None else dlogits.stride(0),
         vocab,
-        1.0 / options["temperature"],
-        options["clip_low"],
-        options["clip_high"],
-        options["dual_clip"] or 0.0,
-        options["kl_coef"],
-        options["entropy_coef"],
+        1.0 / temperature,
+        options.clip_low,
+        options.clip_high,
+        options.dual_clip or 0.0,
+        options.kl_coef,
+        options.entropy_coef,
         HAS_OLD=old is not None,
         HAS_REF=use_ref,
-        USE_DUAL_CLIP=options["dual_clip"] is not None,
-        KL_ESTIMATOR=_KL_CODES[options["kl_estimator"]],
+        USE_DUAL_CLIP=options.dual_clip is not None,
+        KL_ESTIMATOR=_KL_CODES[options.kl_estimator],
         COMPUTE_GRAD=compute_grad,
         IGNORE_INDEX=IGNORE_INDEX,
         BLOCK_V=block_v,
@@ -175,16 +175,9 @@ def logprobs_and_entropy(
     logits: torch.Tensor, targets: torch.Tensor, temperature: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """logits (N, V), targets (N,) int64 -> (logprobs, entropy), (N,) fp32 each; forward only."""
-    options = dict(
-        temperature=temperature,
-        clip_low=0.0,
-        clip_high=0.0,
-        dual_clip=None,
-        kl_coef=0.0,
-        kl_estimator="k3",
-        entropy_coef=0.0,
+    logp, entropy, _ = _launch(
+        logits, targets, None, None, None, None, temperature, ObjectiveOptions(), False
     )
-    logp, entropy, _ = _launch(logits, targets, None, None, None, None, options, compute_grad=False)
     return logp, entropy
 
 
@@ -197,22 +190,10 @@ def entropy_pg_forward(
     ref_logprobs: torch.Tensor | None,
     *,
     temperature: float,
-    clip_low: float,
-    clip_high: float,
-    dual_clip: float | None,
-    kl_coef: float,
-    kl_estimator: str,
-    entropy_coef: float,
+    options: ObjectiveOptions,
     compute_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Same contract as `exprl.kernels.torch_fused.entropy_pg_forward`: (logprobs, entropy, dlogits)."""
-    options = dict(
-        temperature=temperature,
-        clip_low=clip_low,
-        clip_high=clip_high,
-        dual_clip=dual_clip,
-        kl_coef=kl_coef,
-        kl_estimator=kl_estimator,
-        entropy_coef=entropy_coef,
+    return _launch(
+        logits, targets, weights, advantages, old_logprobs, ref_logprobs, temperature, options, compute_grad
     )
-    return _launch(logits, targets, weights, advantages, old_logprobs, ref_logprobs, options, compute_grad)
