@@ -9,6 +9,7 @@ evaluation) and, on the same machine and torch version, reproduces the same weig
 import argparse
 import json
 import math
+import os
 import platform
 import random
 import shlex
@@ -138,18 +139,33 @@ def evaluate_levels(model, tokenizer, n_per_family: int, k: int, seed: int, spli
     return results
 
 
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        cpu = next(
+            line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
+        f"python {platform.python_version()}, torch {torch.__version__}"
+    )
+
+
 def _provenance(command: str, args: argparse.Namespace, seconds: float, results: dict | None) -> str:
     lines = [
         "# Provenance of the tiny base model",
         "",
         f"Command: `{command}`",
         "",
-        f"- seed {args.seed}, {args.steps} steps, batch {args.batch_size}, peak lr {args.lr}, "
-        f"level mix {LEVEL_MIX} (train split, all families), loss on the completion tokens only",
-        f"- training wall time {seconds:.0f} s with {torch.get_num_threads()} CPU threads",
-        f"- machine: {platform.machine()} {platform.processor() or ''} {platform.system()} {platform.release()}, "
-        f"python {platform.python_version()}, torch {torch.__version__}",
+        f"- seed {args.seed}, {args.steps} steps, batch {args.batch_size}, peak lr {args.lr}, level mix "
+        f"{LEVEL_MIX} (train split, all families), loss on the completion tokens only",
+        f"- training wall time {seconds:.0f} s with {args.threads} torch CPU thread(s)",
+        f"- machine: {_machine()}",
         "- architecture: LlamaForCausalLM, 4 layers, hidden 128, 4 heads, tied embeddings (see config.json)",
+        "- same seed, machine and torch version reproduce the same weights",
     ]
     if results:
         k = args.eval_k
@@ -161,10 +177,8 @@ def _provenance(command: str, args: argparse.Namespace, seconds: float, results:
             f"| level | pass@1 | pass@{k} | problems |",
             "|---|---|---|---|",
         ]
-        lines += [
-            f"| {lv} | {r['pass@1']:.3f} | {r[f'pass@{k}']:.3f} | {r['problems']} |"
-            for lv, r in results.items()
-        ]
+        for level, r in results.items():
+            lines.append(f"| {level} | {r['pass@1']:.3f} | {r[f'pass@{k}']:.3f} | {r['problems']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -176,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared, loaded box)"
+    )
     parser.add_argument("--eval-n", type=int, default=25, help="test problems per family and level; 0 skips")
     parser.add_argument("--eval-k", type=int, default=8, help="samples per problem for pass@k")
     args = parser.parse_args(argv)
