@@ -60,6 +60,7 @@ def test_pretraining_is_deterministic_by_seed():
 
 def test_pretrain_command_writes_a_loadable_model(tmp_path):
     argv = ["--out", str(tmp_path), "--steps", "2", "--batch-size", "4", "--eval-n", "1", "--eval-k", "2"]
+    argv += ["--eval-max-new-tokens", "8"]
     assert main(argv) == 0
     model, tokenizer = load_model_and_tokenizer(tmp_path)
     reloaded = load_file(tmp_path / "model.safetensors")
