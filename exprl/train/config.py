@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 
 ADVANTAGES = ("grpo", "process-delta", "process-end", "process-group")
+JUDGES = ("rubric", "hf", "http")  # reward sources that take mode= and delimiter=
 LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
 
@@ -96,7 +97,7 @@ class EvalConfig:
     problems: list[str] = field(default_factory=list)  # load_problems sources; split taken from each
     n: int = 8  # samples per problem
     ks: list[int] = field(default_factory=lambda: [1, 8])
-    temperature: float = 1.0
+    temperature: float = 1.0  # 0 = greedy
     max_new_tokens: int = 64
     batch_size: int = 64
 
@@ -208,8 +209,15 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
         fail("rollout.temperature", f"must be > 0, got {r.temperature}")
     if not 0 < r.top_p <= 1:
         fail("rollout.top_p", f"must be in (0, 1], got {r.top_p}")
-    if cfg.eval.temperature <= 0:
-        fail("eval.temperature", f"must be > 0, got {cfg.eval.temperature}")
+    if cfg.eval.temperature < 0:
+        fail("eval.temperature", f"must be >= 0 (0 = greedy), got {cfg.eval.temperature}")
+    from exprl.rewards import REWARDS
+
+    for key, name in (("reward.name", cfg.reward.name), ("reward.sparse", cfg.reward.sparse)):
+        if name not in REWARDS:
+            fail(key, f"unknown reward {name!r}; choose one of {', '.join(sorted(REWARDS))}")
+    if cfg.reward.mode == "process" and cfg.reward.name not in JUDGES:
+        fail("reward.mode", f"process rewards need a judge ({', '.join(JUDGES)}), not {cfg.reward.name!r}")
     if a.advantage not in ADVANTAGES:
         fail("algo.advantage", f"unknown {a.advantage!r}; choose one of {', '.join(ADVANTAGES)}")
     if a.advantage.startswith("process") and cfg.reward.mode != "process":
@@ -327,6 +335,11 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
             raise bad("an integer")
         return value
     if tp is float:
+        if isinstance(value, str):  # PyYAML reads "1e-5" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad("a number") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("a number")
         return float(value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -18,7 +19,7 @@ from torch import Tensor
 from exprl.data import Problem
 from exprl.models.generation import sample
 from exprl.rewards.base import RewardSource, Rollout
-from exprl.train.config import TrainConfig
+from exprl.train.config import JUDGES, TrainConfig
 
 
 @dataclass
@@ -106,9 +107,6 @@ def score(rollouts: Rollouts, judge: RewardSource, verifier: RewardSource) -> No
         scores = list(judge.score(batch))
     except Exception as error:  # noqa: BLE001 - a failing judge drops the batch, never kills the run
         judge.counters["exception"] = judge.counters.get("exception", 0) + len(batch)
-        judge.counters["last_error"] = 0  # keep the counters numeric; the message goes to the warning
-        import warnings
-
         warnings.warn(f"reward {judge.name!r} failed on a batch of {len(batch)}: {error!r}; rollouts dropped",
                       stacklevel=2)
         scores = [None] * len(batch)
@@ -129,3 +127,26 @@ def score(rollouts: Rollouts, judge: RewardSource, verifier: RewardSource) -> No
     rollouts.scores = scores
     correct = verifier.score(batch)
     rollouts.correct = [0.0 if c is None else float(c) for c in correct]
+
+
+def build_rewards(cfg: TrainConfig) -> tuple[RewardSource, RewardSource]:
+    """(judge, sparse verifier) from `cfg.reward`. Judges get the mode and delimiter; verifiers grade the
+    final answer only."""
+    from exprl.rewards import build_reward
+
+    options = dict(cfg.reward.options)
+    if cfg.reward.name in JUDGES:  # judges grade against the reference, per response or per segment
+        options.update(mode=cfg.reward.mode, delimiter=cfg.reward.delimiter)
+    return build_reward(cfg.reward.name, **options), build_reward(cfg.reward.sparse)
+
+
+
+def enable_synced_generation(ds_config: dict) -> None:
+    """Make transformers' `generate` run with synced_gpus under ZeRO-3 (it checks for a live
+    HfDeepSpeedConfig); the reference is kept for the life of the process."""
+    from transformers.integrations import HfDeepSpeedConfig
+
+    _SYNCED.append(HfDeepSpeedConfig(ds_config))
+
+
+_SYNCED: list = []
