@@ -1,0 +1,212 @@
+"""Pure-PyTorch rollout batching: the spec the `exprl._C` ops must match, and the fallback when the
+extension is not built.
+
+Every function here has the same signature and outputs as the op of the same name in
+`torch.ops.exprl` (see `csrc/batching.cpp`). Inputs are already validated by `exprl.batching`;
+ragged data travels as a flat tensor plus `cu_seqlens` (B+1 offsets, int32 or int64).
+
+Layout conventions:
+* packed: sequences concatenated, `position_ids` restart at 0 for each sequence;
+* padded: (B, L), each row's tokens contiguous, padding on the right (`left=False`) or left;
+  padding has `attention_mask` 0, `position_ids` 0, `response_mask` False, `target_ids` -100.
+"""
+
+import torch
+from torch import Tensor
+
+IGNORE_INDEX = -100
+
+SEGMENT_MODES = {"delta": 0, "end": 1, "group": 2}
+
+
+def _token_rows(cu_seqlens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Row index and position inside its row of every token of a packed batch, and the row lengths."""
+    cu = cu_seqlens.long()
+    lengths = cu[1:] - cu[:-1]
+    total = int(cu[-1]) if cu.numel() > 0 else 0
+    row_index = torch.arange(lengths.numel(), device=cu.device)
+    rows = torch.repeat_interleave(row_index, lengths, output_size=total)
+    positions = torch.arange(total, device=cu.device) - cu[:-1][rows]
+    return rows, positions, lengths
+
+
+def _padded_columns(rows: Tensor, positions: Tensor, lengths: Tensor, max_len: int, left: bool) -> Tensor:
+    return positions + (max_len - lengths[rows]) if left else positions
+
+
+def unpack(values: Tensor, cu_seqlens: Tensor, max_len: int, pad_value: float, left: bool) -> Tensor:
+    """values (N, *rest) packed -> (B, max_len, *rest), `pad_value` where a row has no token."""
+    rows, positions, lengths = _token_rows(cu_seqlens)
+    out = values.new_full((lengths.numel(), max_len, *values.shape[1:]), pad_value)
+    out[rows, _padded_columns(rows, positions, lengths, max_len, left)] = values
+    return out
+
+
+def repack(padded: Tensor, cu_seqlens: Tensor, left: bool) -> Tensor:
+    """padded (B, L, *rest) -> (N, *rest): the inverse of `unpack` (padding dropped)."""
+    rows, positions, lengths = _token_rows(cu_seqlens)
+    return padded[rows, _padded_columns(rows, positions, lengths, padded.shape[1], left)]
+
+
+def rollout_batch(
+    prompt_ids: Tensor,
+    prompt_cu: Tensor,
+    response_ids: Tensor,
+    response_cu: Tensor,
+    pad_id: int,
+    max_len: int,
+    packed: bool,
+    left: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Training tensors of the sequences `prompt_i + response_i`.
+
+    Args:
+        prompt_ids, response_ids: (Np,), (Nr,) int64, the prompts / responses concatenated.
+        prompt_cu, response_cu: (B+1,) offsets of each prompt / response in them.
+        max_len: L of the padded layout (>= longest sequence); ignored when `packed`.
+
+    Returns:
+        input_ids, attention_mask (int64), position_ids, response_mask (bool), target_ids, each
+        (N,) when `packed` else (B, L). `target_ids[t]` is token t+1 of the same sequence when that
+        token belongs to the response, else -100; `response_mask` is `target_ids != -100`.
+    """
+    device = prompt_ids.device
+    prompt_lengths = (prompt_cu[1:] - prompt_cu[:-1]).long()
+    lengths = prompt_lengths + (response_cu[1:] - response_cu[:-1]).long()
+    cu = torch.zeros(lengths.numel() + 1, dtype=torch.long, device=device)
+    torch.cumsum(lengths, 0, out=cu[1:])
+    rows, positions, _ = _token_rows(cu)
+    total = positions.numel()
+
+    is_response = positions >= prompt_lengths[rows]
+    input_ids = torch.empty(total, dtype=torch.long, device=device)
+    # In packed order the prompt tokens (and the response tokens) keep their order in the flat inputs.
+    input_ids[~is_response] = prompt_ids
+    input_ids[is_response] = response_ids
+
+    response_mask = torch.zeros(total, dtype=torch.bool, device=device)
+    response_mask[:-1] = is_response[1:] & (rows[1:] == rows[:-1])
+    target_ids = torch.full((total,), IGNORE_INDEX, dtype=torch.long, device=device)
+    target_ids[:-1] = torch.where(response_mask[:-1], input_ids[1:], IGNORE_INDEX)
+    attention_mask = torch.ones(total, dtype=torch.long, device=device)
+    if packed:
+        return input_ids, attention_mask, positions, response_mask, target_ids
+    return (
+        unpack(input_ids, cu, max_len, pad_id, left),
+        unpack(attention_mask, cu, max_len, 0, left),
+        unpack(positions, cu, max_len, 0, left),
+        unpack(response_mask, cu, max_len, False, left),
+        unpack(target_ids, cu, max_len, IGNORE_INDEX, left),
+    )
+
+
+def generation_lengths(sequences: Tensor, prompt_width: int, eos_id: int) -> tuple[Tensor, Tensor]:
+    """Response lengths and truncation flags of a generation output.
+
+    Args:
+        sequences: (B, W + R) int64, columns [0, W) the left-padded prompts, [W, W+R) the responses.
+
+    Returns:
+        response_lengths (B,) int64: up to and including the first `eos_id`, or R when there is none;
+        truncated (B,) bool: no `eos_id` among the R response columns.
+    """
+    responses = sequences[:, prompt_width:]
+    if responses.shape[1] == 0:
+        zeros = torch.zeros(sequences.shape[0], dtype=torch.long, device=sequences.device)
+        return zeros, torch.ones_like(zeros, dtype=torch.bool)
+    is_eos = responses == eos_id
+    stopped = is_eos.any(dim=1)
+    first_eos = is_eos.int().argmax(dim=1).long()
+    lengths = torch.where(stopped, first_eos + 1, responses.shape[1])
+    return lengths, ~stopped
+
+
+def rollout_from_generation(
+    sequences: Tensor,
+    prompt_lengths: Tensor,
+    response_lengths: Tensor,
+    prompt_width: int,
+    pad_id: int,
+    max_len: int,
+    packed: bool,
+    left: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """`rollout_batch` of the sequences in a generation output.
+
+    Row b's prompt is `sequences[b, W - prompt_lengths[b] : W]` and its response
+    `sequences[b, W : W + response_lengths[b]]` (W = `prompt_width`).
+    """
+    batch, width = sequences.shape
+    device = sequences.device
+    prompt_columns = torch.arange(prompt_width, device=device)
+    in_prompt = prompt_columns >= (prompt_width - prompt_lengths)[:, None]
+    response_columns = torch.arange(width - prompt_width, device=device)
+    in_response = response_columns < response_lengths[:, None]
+    zero = torch.zeros(1, dtype=torch.long, device=device)
+    return rollout_batch(
+        sequences[:, :prompt_width][in_prompt],
+        torch.cat([zero, prompt_lengths.cumsum(0)]),
+        sequences[:, prompt_width:][in_response],
+        torch.cat([zero, response_lengths.cumsum(0)]),
+        pad_id,
+        max_len,
+        packed,
+        left,
+    )
+
+
+def group_advantages(rewards: Tensor, group_size: int, scale: bool, eps: float) -> Tensor:
+    """(rewards - group mean) / (group std + eps) (or without the division), float32 (B*G,).
+
+    Groups are consecutive runs of `group_size` rewards. The std is the sample std (n - 1), 0 for
+    a group of one.
+    """
+    grouped = rewards.float().view(-1, group_size)
+    centred = grouped - grouped.mean(dim=1, keepdim=True)
+    if scale:
+        std = grouped.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(centred)
+        centred = centred / (std + eps)
+    return centred.reshape(-1)
+
+
+def segment_advantages(
+    segment_ids: Tensor,
+    cu_seqlens: Tensor,
+    scores: Tensor,
+    num_segments: Tensor,
+    mode: int,
+    group_size: int,
+    eps: float,
+) -> Tensor:
+    """Per-token advantages from per-segment scores, float32 shaped like `segment_ids`.
+
+    Args:
+        segment_ids: (N,) int64, the 0-based segment of each token of row b (tokens
+            cu_seqlens[b]:cu_seqlens[b+1]); -1 = not in any scored segment (advantage 0).
+        scores: (B, S) float, row b's segment scores s_1..s_T in its first T = num_segments[b] columns.
+        mode: 0 delta (a_1 = s_1 - s_T, a_t = s_t - s_{t-1}), 1 end (a_t = s_t - s_T, a_T = s_T),
+            2 group ((s_t - mean) / (std + eps) over every valid score of the row's group of
+            `group_size` consecutive rows; sample std, 0 for a single score).
+    """
+    scores = scores.float()
+    batch, width = scores.shape
+    if width == 0:
+        return torch.zeros(segment_ids.shape, dtype=torch.float32, device=segment_ids.device)
+    columns = torch.arange(width, device=scores.device)
+    valid = columns < num_segments[:, None]
+    last = scores.gather(1, (num_segments - 1).clamp(min=0)[:, None])
+    if mode == SEGMENT_MODES["delta"]:
+        previous = torch.cat([last, scores[:, :-1]], dim=1)
+        table = scores - previous
+    elif mode == SEGMENT_MODES["end"]:
+        table = torch.where(columns == (num_segments - 1)[:, None], scores, scores - last)
+    else:
+        grouped = torch.where(valid, scores, 0.0).view(-1, group_size * width)
+        counts = valid.view(-1, group_size * width).sum(dim=1, keepdim=True)
+        mean = grouped.sum(dim=1, keepdim=True) / counts.clamp(min=1)
+        squares = torch.where(valid.view_as(grouped), (grouped - mean) ** 2, 0.0).sum(dim=1, keepdim=True)
+        std = torch.where(counts > 1, (squares / (counts - 1).clamp(min=1)).sqrt(), 0.0)
+        table = ((grouped - mean) / (std + eps)).view(batch, width)
+    table = torch.where(valid, table, 0.0)
+    rows, _, _ = _token_rows(cu_seqlens)
+    return torch.where(segment_ids >= 0, table[rows, segment_ids.clamp(min=0)], 0.0)
