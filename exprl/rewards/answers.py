@@ -55,7 +55,7 @@ def normalize_answer(text: str) -> str:
 
 
 def same_answer(predicted: str, expected: str) -> bool:
-    """Exact comparison after `normalize_answer`; numbers compare by value ("62.0" == "62", "1/2" == "0.5")."""
+    """Equal after `normalize_answer`; numbers compare by value ("62.0" == "62", "1/2" == "0.5")."""
     predicted, expected = normalize_answer(predicted), normalize_answer(expected)
     if predicted == expected:
         return True

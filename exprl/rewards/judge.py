@@ -57,7 +57,9 @@ class ModelJudge:
             return [outcome_messages(rollout.problem, rollout.response, self.delimiter)]
         segments = split_segments(rollout.response, self.delimiter)
         return [
-            process_messages(rollout.problem, segments[:t], step, self.delimiter) if step else EMPTY_SEGMENT_GRADE
+            process_messages(rollout.problem, segments[:t], step, self.delimiter)
+            if step
+            else EMPTY_SEGMENT_GRADE
             for t, step in enumerate(segments)
         ]
 
@@ -67,7 +69,10 @@ class ModelJudge:
         self.counters["requests"] += len(conversations)
         completions = self.complete(conversations)
         if len(completions) != len(conversations):
-            raise RuntimeError(f"{type(self).__name__}.complete returned {len(completions)} outputs for {len(conversations)} prompts")
+            raise RuntimeError(
+                f"{type(self).__name__}.complete returned {len(completions)} outputs "
+                f"for {len(conversations)} prompts"
+            )
         outputs = iter(completions)
         scores = []
         for requests in per_rollout:

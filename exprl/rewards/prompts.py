@@ -65,8 +65,11 @@ _SCORE = re.compile(r"score\s*[:=]\s*\**\s*(\d+(?:\.\d+)?)\s*\**\s*(?:/\s*5)?", 
 def outcome_messages(problem, response: str, delimiter: str) -> Messages:
     """Chat messages asking for one grade of the whole `response` (problem: exprl.data.Problem)."""
     user = OUTCOME.format(
-        problem=problem.prompt.strip(), reference=problem.reference.strip() or "(none)", delimiter=delimiter,
-        answer=problem.answer, response=response.strip(),
+        problem=problem.prompt.strip(),
+        reference=problem.reference.strip() or "(none)",
+        delimiter=delimiter,
+        answer=problem.answer,
+        response=response.strip(),
     )
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
@@ -74,8 +77,12 @@ def outcome_messages(problem, response: str, delimiter: str) -> Messages:
 def process_messages(problem, previous: list[str], step: str, delimiter: str) -> Messages:
     """Chat messages asking for the grade of `step` given the response's `previous` segments."""
     user = PROCESS.format(
-        problem=problem.prompt.strip(), reference=problem.reference.strip() or "(none)", delimiter=delimiter,
-        answer=problem.answer, previous="\n".join(previous) or "(none)", step=step,
+        problem=problem.prompt.strip(),
+        reference=problem.reference.strip() or "(none)",
+        delimiter=delimiter,
+        answer=problem.answer,
+        previous="\n".join(previous) or "(none)",
+        step=step,
     )
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 

@@ -63,7 +63,8 @@ def key_results(problem, delimiter: str = DEFAULT_DELIMITER) -> list[Claim]:
 
 def _matches(claim: Claim, keys: Sequence[Claim], same_value: bool) -> set[int]:
     return {
-        i for i, key in enumerate(keys)
+        i
+        for i, key in enumerate(keys)
         if key.quantity == claim.quantity and same_answer(claim.value, key.value) == same_value
     }
 
@@ -115,5 +116,7 @@ class RubricJudge:
             if self.mode == "outcome":
                 scores.append(grade_to_reward(outcome_grade(rollout.response, keys, self.delimiter)))
             else:
-                scores.append([grade_to_reward(k) for k in process_grades(rollout.response, keys, self.delimiter)])
+                scores.append(
+                    [grade_to_reward(k) for k in process_grades(rollout.response, keys, self.delimiter)]
+                )
         return scores

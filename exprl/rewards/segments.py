@@ -29,7 +29,9 @@ def split_segments(text: str, delimiter: str = DEFAULT_DELIMITER) -> list[str]:
     return [segment.strip() for segment in text.split(delimiter)]
 
 
-def token_segment_ids(response_ids: torch.Tensor, tokenizer, delimiter: str = DEFAULT_DELIMITER) -> torch.Tensor:
+def token_segment_ids(
+    response_ids: torch.Tensor, tokenizer, delimiter: str = DEFAULT_DELIMITER
+) -> torch.Tensor:
     """0-based segment index of every response token, consistent with `split_segments`.
 
     response_ids: LongTensor[R] (no padding). Returns LongTensor[R], non-decreasing, with values in

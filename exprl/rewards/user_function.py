@@ -31,9 +31,9 @@ def load_function(spec: str) -> Callable:
 
 
 class PythonReward:
-    """Calls `fn(problem, response) -> float | None` per rollout; a real number (bools count as 0/1) must lie in
-    [0, 1]; None means ungraded. A wrong return type or an exception in the function is the user's bug and is raised,
-    naming the file and function.
+    """Calls `fn(problem, response) -> float | None` per rollout; a real number (bools count as 0/1)
+    must lie in [0, 1]; None means ungraded. A wrong return type or an exception in the function is the
+    user's bug and is raised, naming the file and function.
     """
 
     name = "python"
@@ -50,13 +50,17 @@ class PythonReward:
             try:
                 value = self.function(rollout.problem, rollout.response)
             except Exception as error:
-                raise RuntimeError(f"reward function {self.path!r} raised on problem {rollout.problem.id!r}") from error
+                raise RuntimeError(
+                    f"reward function {self.path!r} raised on problem {rollout.problem.id!r}"
+                ) from error
             if value is None:
                 self.counters["ungraded"] += 1
                 scores.append(None)
                 continue
             if not isinstance(value, numbers.Real):
-                raise TypeError(f"reward function {self.path!r} returned {type(value).__name__}, expected float or None")
+                raise TypeError(
+                    f"reward function {self.path!r} returned {type(value).__name__}, expected float or None"
+                )
             if not (math.isfinite(value) and 0.0 <= value <= 1.0):
                 raise ValueError(f"reward function {self.path!r} returned {value!r}, outside [0, 1]")
             scores.append(float(value))

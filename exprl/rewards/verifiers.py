@@ -15,7 +15,7 @@ from exprl.rewards.base import Rollout
 
 
 class ExactVerifier:
-    """The built-in tasks' answers: `same_answer` (normalised text; numbers by value) against Problem.answer."""
+    """The built-in tasks' answers: `same_answer` (normalised text, numbers by value) vs Problem.answer."""
 
     name = "exact"
     granularity = "response"
