@@ -1,0 +1,145 @@
+"""`torch` backend of the loss op for CPU tensors: fused over the vocabulary, chunked over rows.
+
+Matches `exprl.kernels.reference.logprobs_and_entropy` and the O(N*V) part of
+`exprl.kernels.reference.entropy_pg_loss`. Each chunk of rows is read once into one fp32 buffer;
+log-sum-exp, entropy, the target log-probs and (when asked) the gradient w.r.t. the logits are
+computed from it before the next chunk, so at most two chunk-sized fp32 temporaries ever exist and
+the only N x V allocation is the gradient itself, in the logits' dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from exprl.kernels.reference import IGNORE_INDEX
+
+# ~1 MiB of fp32 per chunk buffer: the chunk stays in cache across the ~12 passes made over it
+CHUNK_ELEMENTS = 1 << 18
+# -inf logits are moved to this finite value so that p_j * (z_j - mu) is 0 * finite = 0, not nan
+_NEG_FINITE = -1e30
+
+
+def dobjective_dlogp(
+    logp: torch.Tensor,
+    advantages: torch.Tensor,
+    old_logprobs: torch.Tensor | None,
+    ref_logprobs: torch.Tensor | None,
+    *,
+    clip_low: float,
+    clip_high: float,
+    dual_clip: float | None,
+    kl_coef: float,
+    kl_estimator: str,
+) -> torch.Tensor:
+    """g = dl/dlogp of `reference.token_objective`, per token (same shape), fp32."""
+    ratio = torch.ones_like(logp) if old_logprobs is None else torch.exp(logp - old_logprobs)
+    pg_unclipped = -advantages * ratio
+    pg_clipped = -advantages * ratio.clamp(1 - clip_low, 1 + clip_high)
+    # the ratio gets a gradient only where the unclipped branch is the one taken
+    active = pg_unclipped >= pg_clipped
+    if dual_clip is not None:
+        active &= ~((advantages < 0) & (-advantages * dual_clip < pg_unclipped))
+    g = torch.where(active, pg_unclipped, 0.0)
+    if ref_logprobs is not None and kl_coef != 0:
+        d = ref_logprobs - logp
+        dkl = {"k1": torch.ones_like(d), "k2": -d, "k3": 1 - torch.exp(d)}[kl_estimator]
+        g = g + kl_coef * dkl
+    return g
+
+
+def _sweep(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float, logp: torch.Tensor, entropy: torch.Tensor
+):
+    """Walks the rows chunk by chunk, filling logp and entropy (N,) and yielding, per chunk:
+    (start, stop, buf = z - max(z) with -inf moved to a finite value, p = softmax(z), mu - max(z), valid).
+    buf and p are the only chunk-sized fp32 temporaries and are reused from chunk to chunk.
+    """
+    n, vocab = logits.shape
+    rows_per_chunk = max(1, CHUNK_ELEMENTS // vocab)
+    buf_all = torch.empty(min(n, rows_per_chunk), vocab, dtype=torch.float32, device=logits.device)
+    expz_all = torch.empty_like(buf_all)
+    for start in range(0, n, rows_per_chunk):
+        stop = min(n, start + rows_per_chunk)
+        chunk, buf, expz = logits[start:stop], buf_all[: stop - start], expz_all[: stop - start]
+        buf.copy_(chunk)
+        if temperature != 1.0:
+            buf.mul_(1.0 / temperature)
+        zmax = buf.amax(dim=-1, keepdim=True)
+        buf.sub_(zmax).clamp_(min=_NEG_FINITE)
+        torch.exp(buf, out=expz)
+        sumexp = expz.sum(dim=-1)
+        # row-wise dot product without a chunk-sized temporary
+        shifted_mu = torch.bmm(expz.unsqueeze(1), buf.unsqueeze(2)).reshape(-1) / sumexp
+        log_sumexp = torch.log(sumexp)
+        entropy[start:stop] = log_sumexp - shifted_mu
+        chunk_targets = targets[start:stop]
+        valid = chunk_targets != IGNORE_INDEX
+        rows = torch.arange(stop - start, device=logits.device)
+        # read the target logit from the input: buf holds clamped values
+        z_target = chunk[rows, chunk_targets.clamp(min=0)].float() / temperature
+        logp[start:stop] = torch.where(valid, z_target - zmax.squeeze(-1) - log_sumexp, 0.0)
+        yield start, stop, buf, expz.div_(sumexp.unsqueeze(-1)), shifted_mu, valid
+
+
+def logprobs_and_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (N, V), targets (N,) int64 -> (logprobs, entropy), (N,) fp32 each."""
+    logp = torch.empty(len(targets), dtype=torch.float32, device=logits.device)
+    entropy = torch.empty_like(logp)
+    for _ in _sweep(logits, targets, temperature, logp, entropy):
+        pass
+    return logp, entropy
+
+
+def entropy_pg_forward(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor,
+    advantages: torch.Tensor,
+    old_logprobs: torch.Tensor | None,
+    ref_logprobs: torch.Tensor | None,
+    *,
+    temperature: float,
+    clip_low: float,
+    clip_high: float,
+    dual_clip: float | None,
+    kl_coef: float,
+    kl_estimator: str,
+    entropy_coef: float,
+    compute_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One sweep: (logprobs (N,) fp32, entropy (N,) fp32, dlogits (N, V) logits dtype or None).
+
+    dlogits = w_t * dl_t/dz / temperature is the gradient of sum_t w_t l_t w.r.t. the logits.
+    logits (N, V); targets (N,) int64; weights, advantages, old/ref log-probs (N,) fp32.
+    """
+    if not compute_grad:
+        logp, entropy = logprobs_and_entropy(logits, targets, temperature)
+        return logp, entropy, None
+    logp = torch.empty(len(targets), dtype=torch.float32, device=logits.device)
+    entropy = torch.empty_like(logp)
+    dlogits = torch.empty_like(logits, memory_format=torch.contiguous_format)
+    for start, stop, buf, p, shifted_mu, valid in _sweep(logits, targets, temperature, logp, entropy):
+        g = dobjective_dlogp(
+            logp[start:stop],
+            advantages[start:stop],
+            None if old_logprobs is None else old_logprobs[start:stop],
+            None if ref_logprobs is None else ref_logprobs[start:stop],
+            clip_low=clip_low,
+            clip_high=clip_high,
+            dual_clip=dual_clip,
+            kl_coef=kl_coef,
+            kl_estimator=kl_estimator,
+        )
+        scale = weights[start:stop] / temperature
+        # dl/dz_j = g (onehot_j - p_j) - h p_j (z_j - mu), h = -entropy_coef
+        term = buf.sub_(shifted_mu.unsqueeze(-1)).mul_(p).mul_(entropy_coef)
+        term.addcmul_(p, g.unsqueeze(-1), value=-1.0).mul_(scale.unsqueeze(-1))
+        # masked rows get an exact 0 even where their g is inf or nan
+        term.masked_fill_((scale == 0).unsqueeze(-1), 0.0)
+        local = torch.nonzero(valid & (scale != 0)).squeeze(-1)
+        cols = targets[start:stop][local]
+        term[local, cols] += g[local] * scale[local]
+        dlogits[start:stop].copy_(term)
+    return logp, entropy, dlogits
