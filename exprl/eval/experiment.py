@@ -440,10 +440,11 @@ def _plot_passk(cfg, evals, splits, path: Path) -> None:
     for row, stage in enumerate((1, 2)):
         for col, split in enumerate(splits):
             ax = axes[row][col]
-            for method in cfg.methods:
+            for color, method in enumerate(cfg.methods):
                 m = evals[f"{method}-stage{stage}"]["splits"].get(split)
                 if m is not None:
-                    ax.plot(ks, [m["pass_at_k"][str(k)] for k in ks], marker="o", label=method)
+                    ys = [m["pass_at_k"][str(k)] for k in ks]
+                    ax.plot(ks, ys, marker="o", label=method, color=f"C{color}")
             ax.set_xscale("log", base=2)
             ax.set_xticks(ks, [str(k) for k in ks])
             ax.set_title(f"after Stage {'I' if stage == 1 else 'II'}: {split}", fontsize=10)
@@ -468,10 +469,10 @@ def _plot_training(cfg, curves, metric: str, path: Path) -> bool:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), squeeze=False)
     for col, stage in enumerate(("stage1", "stage2")):
         ax = axes[0][col]
-        for method in cfg.methods:
+        for color, method in enumerate(cfg.methods):  # one color per method in every panel
             points = curves.get(method, {}).get(stage, {}).get(metric)
             if points:
-                ax.plot([s for s, _ in points], [v for _, v in points], label=method)
+                ax.plot([s for s, _ in points], [v for _, v in points], label=method, color=f"C{color}")
         ax.set_title(f"{'Stage I' if stage == 'stage1' else 'Stage II (sparse GRPO)'}: {metric}", fontsize=10)
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
@@ -582,12 +583,12 @@ def write_report(
 
     lines += ["", "## Compute (measured)", ""]
     token_cols = [f"{s} {k}" for s in ("I", "II") for k in cfg.token_metrics]
-    header = ["method", "I steps", "I wall s", "II steps", "II wall s", *token_cols]
+    header = ["method", "I steps logged", "I wall s", "II steps logged", "II wall s", *token_cols]
     lines += ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for row in compute:
         cells = [row["method"]]
         for stage in ("stage1", "stage2"):
-            cells += [str(row[stage]["steps"]), f"{row[stage]['wall_s']:.0f}"]
+            cells += [str(row[stage]["logged_steps"]), f"{row[stage]['wall_s']:.0f}"]
         cells += [f"{row[s]['tokens'][k]:.0f}" for s in ("stage1", "stage2") for k in cfg.token_metrics]
         lines.append("| " + " | ".join(cells) + " |")
 
