@@ -190,3 +190,14 @@ def test_cli_writes_json_and_markdown(tmp_path):
     assert data["splits"][split]["pass_at_k"] == {"1": 1.0, "2": 1.0}
     assert "pass@2" in (out / "eval.md").read_text()
     assert eval_main([*argv[:-2], "--k", "1,4"]) == 2  # k > n is refused, naming --k
+
+
+def test_format_prompt_decides_what_the_model_reads():
+    model, tokenizer = bigram_policy(1.0)
+    # With "Answer:" already in the prompt the chain continues "7", eos: no "Answer:" line, so wrong.
+    report = evaluate(
+        model, tokenizer, problems(2, 0), n=2, ks=[1], temperature=1.0, max_new_tokens=8, seed=0,
+        batch_size=4, progress=False, format_prompt=lambda p: p.prompt + "Answer:",
+    )  # fmt: skip
+    assert report.splits["test"].mean_response_length == 2.0
+    assert report.splits["test"].pass_at_k[1] == 0.0

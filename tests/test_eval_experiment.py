@@ -40,9 +40,13 @@ class FakeRunner:
         (export / "skill.txt").write_text(str(skill_of(spec.init_model) + gain))
         with MetricsLogger(spec.run_dir) as logger:
             for step in range(spec.steps):
-                logger.log(
-                    step, {"reward/mean": 0.1 * step + gain, "entropy": 2.0 - 0.1 * step, "tokens": 10}
-                )
+                metrics = {"reward/mean": 0.1 * step + gain, "entropy": 2.0 - 0.1 * step, "tokens": 10}
+                if (spec.method, spec.stage) == (
+                    "sft",
+                    1,
+                ):  # logs its work differently: a rate and a duration
+                    metrics.update({"rate": 4.0, "seconds": 0.5 * (step + 1)})
+                logger.log(step, metrics)
         return StageResult(model_dir=export, metrics_path=spec.run_dir / "metrics.jsonl")
 
 
@@ -93,7 +97,7 @@ def setup(tmp_path):
         },
         "stage2": {"config": str(tmp_path / "rl.yaml")},
         "eval": {"tasks": ["builtin:all:1:test:4"], "n": N, "ks": [1, 4, 8]},
-        "report": {"token_metrics": ["tokens"]},
+        "report": {"token_counts": {"tokens": ["tokens"], "flops": ["rate*seconds", "tokens"]}},
     }
     return tmp_path, data
 
@@ -141,8 +145,12 @@ def test_runs_every_stage_and_fills_every_cell(setup):
     comp_header, *comp_rows = table(md, "Compute (measured)")
     sft = next(r for r in comp_rows if r[0] == "sft")
     assert sft[comp_header.index("I steps logged")] == "3" and sft[comp_header.index("I tokens")] == "30"
+    assert sft[comp_header.index("I flops")] == "12"  # 4 * (0.5 + 1.0 + 1.5), the per-step product
+    assert sft[comp_header.index("II flops")] == "30"  # Stage II falls back to "tokens"
+    assert "sft stage 2 flops: `tokens`" in md and "sft stage 1 flops" not in md
     none = next(r for r in comp_rows if r[0] == "none")
-    assert none[comp_header.index("I steps logged")] == "0"
+    assert none[comp_header.index("I steps logged")] == "0" and none[comp_header.index("I tokens")] == "0"
+    assert "Budget mismatch" not in md
 
     for name in ("passk", "reward", "entropy"):
         assert (out / "plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"

@@ -41,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--verifier", default="exact", help="sparse verifier name for exprl.rewards.build_reward"
     )
+    parser.add_argument(
+        "--chat-template",
+        choices=("auto", "never"),
+        default="auto",
+        help="auto: wrap prompts in the tokenizer's chat template when it has one, as the trainer does",
+    )
     parser.add_argument("--out", default=None, help="output directory (default: runs/eval/<model name>)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
@@ -61,6 +67,7 @@ def main(argv: list[str]) -> int:
     from exprl.data import load_problems
     from exprl.eval.evaluation import evaluate
     from exprl.models import load_model_and_tokenizer, tiny_base_path
+    from exprl.train.rollout import prompt_text
 
     model_path = Path(args.model) if args.model else tiny_base_path()
     try:
@@ -83,8 +90,9 @@ def main(argv: list[str]) -> int:
         batch_size=args.batch_size,
         verifier=args.verifier,
         progress=not args.no_progress,
+        format_prompt=lambda p: prompt_text(p, tokenizer, args.chat_template),
     )
-    report.settings.update(model=str(model_path), tasks=args.tasks)
+    report.settings.update(model=str(model_path), tasks=args.tasks, chat_template=args.chat_template)
     out = Path(args.out) if args.out else Path("runs") / "eval" / model_path.name
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(report.to_json() + "\n")

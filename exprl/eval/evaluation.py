@@ -7,7 +7,7 @@ token, recomputed from the policy's logits with `exprl.kernels.logprobs_and_entr
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from numbers import Integral
 from typing import Any
 
@@ -94,12 +94,15 @@ def evaluate(
     batch_size: int = 64,
     verifier: str = "exact",
     progress: bool = True,
+    format_prompt: Callable[[Problem], str] | None = None,
 ) -> EvalReport:
     """Sample `n` completions per problem, grade them with the sparse `verifier`, aggregate per split.
 
     `temperature` 0 means greedy decoding (entropy is then measured at temperature 1). `batch_size`
     counts sequences per generation / scoring batch. Sampling is seeded: the same arguments (batch_size
-    included, since batch composition changes padding) give the same report.
+    included, since batch composition changes padding) give the same report. `format_prompt` turns a
+    problem into the model's input text (default: `problem.prompt`; pass the trainer's chat-template
+    wrapper to evaluate a chat model the way it was trained).
     Raises ValueError/TypeError naming the argument for bad input.
     """
     ks = _validate(problems, n, ks, temperature)
@@ -128,7 +131,7 @@ def evaluate(
                 samples = sample(
                     model,
                     tokenizer,
-                    [p.prompt for p in chunk],
+                    [format_prompt(p) if format_prompt else p.prompt for p in chunk],
                     n,
                     max_new_tokens=max_new_tokens,
                     temperature=entropy_temperature,

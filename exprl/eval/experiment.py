@@ -52,6 +52,9 @@ class EvalSettings:
     batch_size: int = 64
     seed: int = 1234
     verifier: str = "exact"
+    chat_template: str = (
+        "auto"  # as the trainer's model.chat_template: wrap prompts when the tokenizer has one
+    )
 
 
 @dataclass
@@ -67,9 +70,9 @@ class ExperimentConfig:
     overrides: list[str] = field(default_factory=list)  # applied to every stage of every method
     reward_metric: str = "reward/mean"  # metrics.jsonl keys plotted over training
     entropy_metric: str = "entropy"
-    token_metrics: list[str] = field(
-        default_factory=list
-    )  # per-step token counts summed into the compute table
+    # Compute-table columns: label -> metric expressions ("name" or "a*b", a per-step product), the first
+    # one a run logged is summed over its steps (SFT and RL runs log their token counts differently).
+    token_counts: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -184,8 +187,13 @@ def parse_config(data: Any, source: str = "<dict>", base_dir: Path | None = None
     for key in ("batch_size", "seed"):
         if key in ev:
             setattr(eval_settings, key, _require(ev, key, int, where))
-    if "verifier" in ev:
-        eval_settings.verifier = _require(ev, "verifier", str, where)
+    for key in ("verifier", "chat_template"):
+        if key in ev:
+            setattr(eval_settings, key, _require(ev, key, str, where))
+    if eval_settings.chat_template not in ("auto", "never"):
+        raise ValueError(
+            f"{where}: 'chat_template' must be 'auto' or 'never', got {eval_settings.chat_template!r}"
+        )
     if "ks" in ev:
         ks = _require(ev, "ks", list, where)
         if not ks or not all(isinstance(k, int) and not isinstance(k, bool) for k in ks):
@@ -199,9 +207,18 @@ def parse_config(data: Any, source: str = "<dict>", base_dir: Path | None = None
     report = data.get("report", {}) or {}
     if not isinstance(report, dict):
         raise TypeError(f"{source}: 'report' must be a mapping")
-    unknown = set(report) - {"reward_metric", "entropy_metric", "token_metrics"}
+    unknown = set(report) - {"reward_metric", "entropy_metric", "token_counts"}
     if unknown:
         raise ValueError(f"{source}: report: unknown keys {sorted(unknown)}")
+    token_counts = report.get("token_counts", {}) or {}
+    if not isinstance(token_counts, dict):
+        raise TypeError(f"{source}: report.token_counts must map a column label to metric expressions")
+    token_counts = {k: [v] if isinstance(v, str) else v for k, v in token_counts.items()}
+    for label, exprs in token_counts.items():
+        if not isinstance(exprs, list) or not exprs or not all(isinstance(e, str) and e for e in exprs):
+            raise TypeError(
+                f"{source}: report.token_counts.{label}: expected a metric name or a list of them"
+            )
 
     return ExperimentConfig(
         name=_require(data, "name", str, source),
@@ -215,7 +232,7 @@ def parse_config(data: Any, source: str = "<dict>", base_dir: Path | None = None
         overrides=_str_list(data, "overrides", source),
         reward_metric=str(report.get("reward_metric", "reward/mean")),
         entropy_metric=str(report.get("entropy_metric", "entropy")),
-        token_metrics=_str_list(report, "token_metrics", f"{source}: report"),
+        token_counts=token_counts,
     )
 
 
@@ -412,6 +429,24 @@ def _training_curves(cfg: ExperimentConfig, stages: dict[str, dict[int, dict[str
     return curves
 
 
+def _count(series: dict[str, list[tuple[int, float]]], expressions: list[str]) -> tuple[float, str] | None:
+    """Sum over steps of the first expression whose metrics the run logged: "name" or "a*b" (the product
+    taken per step). None when the run logged none of them."""
+    for expr in expressions:
+        names = expr.split("*")
+        if all(name in series for name in names):
+            per_step = [dict(series[name]) for name in names]
+            steps = set.intersection(*(set(p) for p in per_step))
+            total = 0.0
+            for step in steps:
+                value = 1.0
+                for p in per_step:
+                    value *= p[step]
+                total += value
+            return total, expr
+    return None
+
+
 def _compute_rows(cfg, stages, curves) -> list[dict[str, Any]]:
     rows = []
     for method, by_stage in stages.items():
@@ -423,7 +458,11 @@ def _compute_rows(cfg, stages, curves) -> list[dict[str, Any]]:
                 "steps": done.get("steps", 0),
                 "logged_steps": len(logged_steps),
                 "wall_s": done.get("wall_s", 0.0),
-                "tokens": {key: sum(v for _, v in series.get(key, [])) for key in cfg.token_metrics},
+                # A stage that did not train ("none") counts zero; a run that logged nothing usable, None.
+                "tokens": {
+                    label: (0.0, "no training") if done.get("steps", 0) == 0 else _count(series, exprs)
+                    for label, exprs in cfg.token_counts.items()
+                },
             }
         rows.append(row)
     return rows
@@ -582,15 +621,37 @@ def write_report(
             lines.append("| " + " | ".join(cells) + " |")
 
     lines += ["", "## Compute (measured)", ""]
-    token_cols = [f"{s} {k}" for s in ("I", "II") for k in cfg.token_metrics]
+    token_cols = [f"{s} {label}" for s in ("I", "II") for label in cfg.token_counts]
     header = ["method", "I steps logged", "I wall s", "II steps logged", "II wall s", *token_cols]
     lines += ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    sources, mismatched = [], []
     for row in compute:
         cells = [row["method"]]
         for stage in ("stage1", "stage2"):
             cells += [str(row[stage]["logged_steps"]), f"{row[stage]['wall_s']:.0f}"]
-        cells += [f"{row[s]['tokens'][k]:.0f}" for s in ("stage1", "stage2") for k in cfg.token_metrics]
+            if row[stage]["steps"] and row[stage]["logged_steps"] != cfg.steps:
+                mismatched.append(f"{row['method']} stage {stage[-1]}: {row[stage]['logged_steps']}")
+        for stage in ("stage1", "stage2"):
+            for label in cfg.token_counts:
+                count = row[stage]["tokens"][label]
+                cells.append("not logged" if count is None else f"{count[0]:.0f}")
+                if count is not None and count[1] not in ("no training", cfg.token_counts[label][0]):
+                    sources.append(f"{row['method']} stage {stage[-1]} {label}: `{count[1]}`")
         lines.append("| " + " | ".join(cells) + " |")
+    if cfg.token_counts:
+        lines += [""] + [
+            f"{label}: sum over steps of `{exprs[0]}`" + "".join(f", else `{e}`" for e in exprs[1:]) + "."
+            for label, exprs in cfg.token_counts.items()
+        ]
+    if sources:
+        lines += ["Counted from a fallback expression: " + "; ".join(sources) + "."]
+    if mismatched:
+        lines += [
+            "",
+            f"**Budget mismatch**: these runs logged a number of steps other than {cfg.steps}: "
+            + "; ".join(mismatched)
+            + ".",
+        ]
 
     lines += ["", "## Plots", "", "![pass@k per stage and split](plots/passk.png)", ""]
     for name, metric in (("reward", cfg.reward_metric), ("entropy", cfg.entropy_metric)):
@@ -654,6 +715,7 @@ def make_evaluator(settings: EvalSettings, progress: bool = True) -> Evaluator:
         from exprl.data import load_problems
         from exprl.eval.evaluation import evaluate
         from exprl.models import load_model_and_tokenizer
+        from exprl.train.rollout import prompt_text
 
         problems = [p for spec in settings.tasks for p in load_problems(spec)]
         model, tokenizer = load_model_and_tokenizer(model_dir)
@@ -671,6 +733,7 @@ def make_evaluator(settings: EvalSettings, progress: bool = True) -> Evaluator:
             batch_size=settings.batch_size,
             verifier=settings.verifier,
             progress=progress,
+            format_prompt=lambda p: prompt_text(p, tokenizer, settings.chat_template),
         )
 
     return evaluate_model
