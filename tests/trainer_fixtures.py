@@ -54,3 +54,16 @@ def stop_digit(problem, response):
     text = response.strip()
     return int(text[-1]) / 9 if text and text[-1].isdigit() else 0.0
 """
+
+
+def read_records(run_dir: pathlib.Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def toy_overrides(reward_file: pathlib.Path) -> list[str]:
+    """The stop-digit toy task as GRPO on a digits_stop model (see DIGIT_REWARD)."""
+    return ["reward.name=python", f"reward.options={{path: '{reward_file}:stop_digit'}}",
+            "rollout.prompts_per_step=4", "rollout.group_size=8", "rollout.max_new_tokens=24",
+            "algo.micro_batch_size=8", "optim.lr=2e-2"]

@@ -86,8 +86,7 @@ class OptimConfig:
 
 @dataclass
 class SFTConfig:
-    epochs: int = 1
-    batch_size: int = 16  # global sequences per optimizer step
+    batch_size: int = 16  # global sequences per optimizer step (steps = the run's `steps`)
     micro_batch_size: int = 8
 
 
@@ -117,7 +116,7 @@ class TrainConfig:
     name: str = "exprl-outcome-tiny"
     method: Literal["rl", "sft"] = "rl"
     seed: int = 0
-    steps: int = 40  # rl: rollout steps; sft: ignored (sft.epochs decide)
+    steps: int = 40  # optimizer steps (rl: one rollout batch each; sft: one sft.batch_size batch each)
     output_dir: str = "runs"
     checkpoint_every: int = 20  # 0 = only at the end
     resume: Literal["auto", "never"] = "auto"  # auto: continue from runs/<name>/checkpoints if present
@@ -204,7 +203,7 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
     for key, v in (("rollout.prompts_per_step", r.prompts_per_step), ("rollout.group_size", r.group_size),
                    ("rollout.max_new_tokens", r.max_new_tokens), ("algo.ppo_epochs", a.ppo_epochs),
                    ("algo.mini_batches", a.mini_batches), ("algo.micro_batch_size", a.micro_batch_size),
-                   ("sft.epochs", cfg.sft.epochs), ("sft.batch_size", cfg.sft.batch_size),
+                   ("sft.batch_size", cfg.sft.batch_size),
                    ("sft.micro_batch_size", cfg.sft.micro_batch_size), ("eval.n", cfg.eval.n),
                    ("eval.max_new_tokens", cfg.eval.max_new_tokens), ("eval.batch_size", cfg.eval.batch_size)):
         if v < 1:
