@@ -47,9 +47,16 @@ def worker(backend: str, size: dict) -> dict:
 
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    cfg = LlamaConfig(vocab_size=size["vocab"], hidden_size=size["hidden"], intermediate_size=4 * size["hidden"],
-                      num_hidden_layers=size["layers"], num_attention_heads=4, num_key_value_heads=4,
-                      max_position_embeddings=size["seq"], tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=size["vocab"],
+        hidden_size=size["hidden"],
+        intermediate_size=4 * size["hidden"],
+        num_hidden_layers=size["layers"],
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=size["seq"],
+        tie_word_embeddings=False,
+    )
     model = LlamaForCausalLM(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     b, t = size["batch"], size["seq"]
@@ -65,9 +72,20 @@ def worker(backend: str, size: dict) -> dict:
 
     def step() -> float:
         logits = model(input_ids=input_ids).logits
-        out = entropy_pg_loss(logits, targets, advantages, mask=mask, old_logprobs=old, ref_logprobs=ref,
-                              clip_low=0.2, clip_high=0.28, dual_clip=3.0, kl_coef=1e-3, entropy_coef=1e-3,
-                              backend=backend)
+        out = entropy_pg_loss(
+            logits,
+            targets,
+            advantages,
+            mask=mask,
+            old_logprobs=old,
+            ref_logprobs=ref,
+            clip_low=0.2,
+            clip_high=0.28,
+            dual_clip=3.0,
+            kl_coef=1e-3,
+            entropy_coef=1e-3,
+            backend=backend,
+        )
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -88,8 +106,14 @@ def worker(backend: str, size: dict) -> dict:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     peak = (torch.cuda.max_memory_allocated() if device == "cuda" else rss_bytes()) - base
-    return {"backend": backend, "device": device, "median_s": statistics.median(times), "min_s": min(times),
-            "peak_step_bytes": peak, "losses": losses}
+    return {
+        "backend": backend,
+        "device": device,
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "peak_step_bytes": peak,
+        "losses": losses,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,8 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         results[backend] = json.loads(done.stdout.strip().splitlines()[-1])
     fused, eager = results["auto"], results["eager"]
     summary = {
-        "size": size, "machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
-        "threads": env["OMP_NUM_THREADS"], "results": results,
+        "size": size,
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+        "threads": env["OMP_NUM_THREADS"],
+        "results": results,
         "time_ratio_fused_over_eager": fused["median_s"] / eager["median_s"],
         "memory_ratio_fused_over_eager": fused["peak_step_bytes"] / max(eager["peak_step_bytes"], 1),
     }
@@ -123,12 +151,19 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     name = "train_step_quick" if args.quick else "train_step"
     (out / f"{name}.json").write_text(json.dumps(summary, indent=2))
-    md = [f"# One training step ({fused['device']}, {size})", "",
-          "| loss backend | median step (s) | peak step memory (MiB) |", "|---|---:|---:|"]
+    md = [
+        f"# One training step ({fused['device']}, {size})",
+        "",
+        "| loss backend | median step (s) | peak step memory (MiB) |",
+        "|---|---:|---:|",
+    ]
     for label, r in (("fused (auto)", fused), ("eager reference", eager)):
         md.append(f"| {label} | {r['median_s']:.3f} | {r['peak_step_bytes'] / 2**20:.1f} |")
-    md += ["", f"time fused/eager: {summary['time_ratio_fused_over_eager']:.2f}x, "
-               f"memory fused/eager: {summary['memory_ratio_fused_over_eager']:.2f}x"]
+    md += [
+        "",
+        f"time fused/eager: {summary['time_ratio_fused_over_eager']:.2f}x, "
+        f"memory fused/eager: {summary['memory_ratio_fused_over_eager']:.2f}x",
+    ]
     (out / f"{name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0

@@ -45,31 +45,36 @@ def test_grpo_group_with_a_single_graded_rollout_gets_zero():
 
 def test_process_delta_by_hand():
     # segments: tokens [0,0,1,2] of a 3-segment response scored s = (0.25, 0.75, 0.5)
-    out = advantages.get("process-delta")([[0.25, 0.75, 0.5]], 1, response_lengths=[4],
-                                          token_segment_ids=[torch.tensor([0, 0, 1, 2])])
+    out = advantages.get("process-delta")(
+        [[0.25, 0.75, 0.5]], 1, response_lengths=[4], token_segment_ids=[torch.tensor([0, 0, 1, 2])]
+    )
     s1, s2, s3 = 0.25, 0.75, 0.5
     assert out[0].tolist() == pytest.approx([s1 - s3, s1 - s3, s2 - s1, s3 - s2])
 
 
 def test_process_end_by_hand():
-    out = advantages.get("process-end")([[0.25, 0.75, 0.5]], 1, response_lengths=[3],
-                                        token_segment_ids=[torch.tensor([0, 1, 2])])
+    out = advantages.get("process-end")(
+        [[0.25, 0.75, 0.5]], 1, response_lengths=[3], token_segment_ids=[torch.tensor([0, 1, 2])]
+    )
     assert out[0].tolist() == pytest.approx([0.25 - 0.5, 0.75 - 0.5, 0.5])
 
 
 def test_truncated_process_rollout_zero_scores_give_zero_advantages():
-    out = advantages.get("process-delta")([[0.0, 0.0]], 1, response_lengths=[3],
-                                          token_segment_ids=[torch.tensor([0, 1, 1])])
+    out = advantages.get("process-delta")(
+        [[0.0, 0.0]], 1, response_lengths=[3], token_segment_ids=[torch.tensor([0, 1, 1])]
+    )
     assert out[0].tolist() == [0.0, 0.0, 0.0]
 
 
 def test_process_dropped_rollout_gets_zero_and_mismatch_raises():
-    out = advantages.get("process-delta")([None, [1.0]], 1, response_lengths=[2, 1],
-                                          token_segment_ids=[torch.tensor([0, 1]), torch.tensor([0])])
+    out = advantages.get("process-delta")(
+        [None, [1.0]], 1, response_lengths=[2, 1], token_segment_ids=[torch.tensor([0, 1]), torch.tensor([0])]
+    )
     assert out[0].tolist() == [0.0, 0.0]
     with pytest.raises(ValueError, match="reach segment 1 but it has 1 scores"):
-        advantages.get("process-delta")([[1.0]], 1, response_lengths=[2],
-                                        token_segment_ids=[torch.tensor([0, 1])])
+        advantages.get("process-delta")(
+            [[1.0]], 1, response_lengths=[2], token_segment_ids=[torch.tensor([0, 1])]
+        )
     with pytest.raises(TypeError, match="response-level score"):
         advantages.get("process-delta")([1.0], 1, response_lengths=[1], token_segment_ids=[torch.tensor([0])])
     with pytest.raises(TypeError, match="per-segment scores"):

@@ -40,8 +40,17 @@ def test_real_model_examples_split_evenly_over_8_ranks(path):
 
 
 def test_overrides_parse_yaml_values_and_set_nested_keys():
-    cfg = load_config(None, ["rollout.group_size=4", "algo.dual_clip=null", "eval.ks=[1, 2]", "optim.lr=3e-5",
-                             "optim.betas=[0.9, 0.95]", "progress=false"])
+    cfg = load_config(
+        None,
+        [
+            "rollout.group_size=4",
+            "algo.dual_clip=null",
+            "eval.ks=[1, 2]",
+            "optim.lr=3e-5",
+            "optim.betas=[0.9, 0.95]",
+            "progress=false",
+        ],
+    )
     assert cfg.rollout.group_size == 4
     assert cfg.algo.dual_clip is None
     assert cfg.eval.ks == [1, 2]

@@ -25,7 +25,9 @@ def deterministic(record: dict) -> dict:
 
 
 def env() -> dict:
-    e = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
+    e = dict(
+        os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1"
+    )
     e.setdefault("DS_ACCELERATOR", "cpu")
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         e.pop(key, None)  # the child is its own world (pytest's process group is set up in-process)
@@ -41,9 +43,20 @@ def toy(tmp_path_factory):
 
 def toy_config_file(toy, out: pathlib.Path, name: str, *extra: str) -> pathlib.Path:
     model, reward = toy
-    cfg = load_config(None, [f"model.path={model}", f"output_dir={out}", f"name={name}", "progress=false",
-                             "data.train=builtin:all:1:train:32", "eval.enabled=false", "export=false",
-                             *toy_overrides(reward), *extra])
+    cfg = load_config(
+        None,
+        [
+            f"model.path={model}",
+            f"output_dir={out}",
+            f"name={name}",
+            "progress=false",
+            "data.train=builtin:all:1:train:32",
+            "eval.enabled=false",
+            "export=false",
+            *toy_overrides(reward),
+            *extra,
+        ],
+    )
     path = out / f"{name}.yaml"
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, path)
@@ -57,8 +70,13 @@ def test_killed_run_resumes_exactly(toy, tmp_path):
 
     path = toy_config_file(toy, tmp_path, "killed", *steps)
     ckpt = tmp_path / "killed" / "checkpoints"
-    child = subprocess.Popen([sys.executable, "-m", "exprl.train", "--config", str(path)], env=env(),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "exprl.train", "--config", str(path)],
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     while not (ckpt / "latest").is_file() and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -90,7 +108,9 @@ def test_resume_ignores_a_half_written_checkpoint(toy, tmp_path):
 
 
 def launcher() -> list[str]:
-    exe = shutil.which("deepspeed", path=str(pathlib.Path(sys.executable).parent)) or shutil.which("deepspeed")
+    exe = shutil.which("deepspeed", path=str(pathlib.Path(sys.executable).parent)) or shutil.which(
+        "deepspeed"
+    )
     if exe is None:
         pytest.skip("the deepspeed launcher is not installed")
     return [exe]
@@ -104,8 +124,23 @@ def test_two_ranks_match_one_rank(toy, tmp_path):
     common = ["steps=3", "checkpoint_every=0", "algo.kl_coef=0.01", "algo.entropy_coef=0.01"]
     single = read_records(run(load_config(toy_config_file(toy, tmp_path, "one", *common))))
     path = toy_config_file(toy, tmp_path, "two", *common, "algo.micro_batch_size=4")
-    result = subprocess.run([*launcher(), "--num_gpus", "2", "--master_port", "29561", "--module", "exprl.train",
-                             "--config", str(path)], env=env(), capture_output=True, text=True, timeout=400)
+    result = subprocess.run(
+        [
+            *launcher(),
+            "--num_gpus",
+            "2",
+            "--master_port",
+            "29561",
+            "--module",
+            "exprl.train",
+            "--config",
+            str(path),
+        ],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     double = read_records(tmp_path / "two")
     assert yaml.safe_load((tmp_path / "two" / "config.yaml").read_text())["algo"]["micro_batch_size"] == 4

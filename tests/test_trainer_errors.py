@@ -29,7 +29,9 @@ def test_unreadable_data_line_names_file_and_line(model, tmp_path):
 
 
 def test_too_few_training_problems(model, tmp_path):
-    with pytest.raises(ValueError, match="data.train: .* holds 1 problems, fewer than rollout.prompts_per_step=2"):
+    with pytest.raises(
+        ValueError, match="data.train: .* holds 1 problems, fewer than rollout.prompts_per_step=2"
+    ):
         run(tiny_config(model, tmp_path, "data.train=builtin:all:1:train:1"))
 
 
@@ -64,8 +66,13 @@ class FixedJudge:
 def toy_rollouts(texts, truncated):
     problems = load_problems("builtin:all:1:train:1")
     n = len(texts)
-    return Rollouts(problems * n, [torch.tensor([5, 6, 7])] * n, [torch.tensor([9] * (i + 1)) for i in range(n)],
-                    list(texts), list(truncated))
+    return Rollouts(
+        problems * n,
+        [torch.tensor([5, 6, 7])] * n,
+        [torch.tensor([9] * (i + 1)) for i in range(n)],
+        list(texts),
+        list(truncated),
+    )
 
 
 def test_score_applies_truncation_and_drop_rules():

@@ -38,7 +38,9 @@ def register(name: str) -> Callable[[Estimator], Estimator]:
 
 def get(name: str) -> Estimator:
     if name not in ADVANTAGES:
-        raise ValueError(f"advantage: unknown estimator {name!r}; registered: {', '.join(sorted(ADVANTAGES))}")
+        raise ValueError(
+            f"advantage: unknown estimator {name!r}; registered: {', '.join(sorted(ADVANTAGES))}"
+        )
     return ADVANTAGES[name]
 
 
@@ -90,9 +92,13 @@ def _process(mode: str) -> Estimator:
                 rows.append(torch.zeros(0))
                 continue
             if not isinstance(score, list | tuple):
-                raise TypeError(f"{mode}: rollout {i} has a response-level score; process needs one per segment")
+                raise TypeError(
+                    f"{mode}: rollout {i} has a response-level score; process needs one per segment"
+                )
             if n and int(seg.max()) >= len(score):
-                raise ValueError(f"rollout {i}: tokens reach segment {int(seg.max())} but it has {len(score)} scores")
+                raise ValueError(
+                    f"rollout {i}: tokens reach segment {int(seg.max())} but it has {len(score)} scores"
+                )
             ids[i, :n] = seg
             rows.append(torch.tensor(score, dtype=torch.float32))
         per_token = batching.segment_advantages(

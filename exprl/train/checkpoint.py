@@ -84,13 +84,16 @@ def latest(ckpt_dir: pathlib.Path) -> str | None:
 def load(engine: Any, ckpt_dir: pathlib.Path, tag: str) -> dict[str, Any]:
     """Restore `engine` (model, optimizer, scheduler) and this rank's RNG from `tag`; returns the trainer
     state saved with it."""
-    path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
-                                     load_lr_scheduler_states=True)
+    path, _ = engine.load_checkpoint(
+        str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+    )
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load checkpoint {ckpt_dir / tag}")
     rank_file = ckpt_dir / tag / f"rng_rank{dist.get_rank()}.pt"
     if not rank_file.is_file():
-        raise ValueError(f"{ckpt_dir / tag}: no RNG state for rank {dist.get_rank()}; was it saved with "
-                         "another world size?")
+        raise ValueError(
+            f"{ckpt_dir / tag}: no RNG state for rank {dist.get_rank()}; was it saved with "
+            "another world size?"
+        )
     set_rng_state(torch.load(rank_file, weights_only=False))
     return json.loads((ckpt_dir / tag / "trainer_state.json").read_text())

@@ -155,7 +155,9 @@ def load_config(path: str | pathlib.Path | None, overrides: list[str] | tuple[st
         except yaml.YAMLError as e:
             raise ValueError(f"{source}: not valid YAML: {e}") from e
         if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(f"{source}: the top level must be a mapping of keys, got {type(loaded).__name__}")
+            raise ValueError(
+                f"{source}: the top level must be a mapping of keys, got {type(loaded).__name__}"
+            )
         raw = loaded or {}
     cfg = _build(TrainConfig, raw, prefix="", source=source)
     for item in overrides:
@@ -200,12 +202,19 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
     if cfg.checkpoint_every < 0:
         fail("checkpoint_every", f"must be >= 0, got {cfg.checkpoint_every}")
     r, a = cfg.rollout, cfg.algo
-    for key, v in (("rollout.prompts_per_step", r.prompts_per_step), ("rollout.group_size", r.group_size),
-                   ("rollout.max_new_tokens", r.max_new_tokens), ("algo.ppo_epochs", a.ppo_epochs),
-                   ("algo.mini_batches", a.mini_batches), ("algo.micro_batch_size", a.micro_batch_size),
-                   ("sft.batch_size", cfg.sft.batch_size),
-                   ("sft.micro_batch_size", cfg.sft.micro_batch_size), ("eval.n", cfg.eval.n),
-                   ("eval.max_new_tokens", cfg.eval.max_new_tokens), ("eval.batch_size", cfg.eval.batch_size)):
+    for key, v in (
+        ("rollout.prompts_per_step", r.prompts_per_step),
+        ("rollout.group_size", r.group_size),
+        ("rollout.max_new_tokens", r.max_new_tokens),
+        ("algo.ppo_epochs", a.ppo_epochs),
+        ("algo.mini_batches", a.mini_batches),
+        ("algo.micro_batch_size", a.micro_batch_size),
+        ("sft.batch_size", cfg.sft.batch_size),
+        ("sft.micro_batch_size", cfg.sft.micro_batch_size),
+        ("eval.n", cfg.eval.n),
+        ("eval.max_new_tokens", cfg.eval.max_new_tokens),
+        ("eval.batch_size", cfg.eval.batch_size),
+    ):
         if v < 1:
             fail(key, f"must be >= 1, got {v}")
     if r.temperature <= 0:
@@ -234,9 +243,13 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
         fail("algo.clip_low/clip_high", "must be >= 0")
     if a.dual_clip is not None and a.dual_clip <= 1:
         fail("algo.dual_clip", f"must be > 1 or null, got {a.dual_clip}")
-    for key, v in (("algo.kl_coef", a.kl_coef), ("algo.entropy_coef", a.entropy_coef),
-                   ("optim.weight_decay", cfg.optim.weight_decay), ("optim.warmup_steps", cfg.optim.warmup_steps),
-                   ("optim.grad_clip", cfg.optim.grad_clip)):
+    for key, v in (
+        ("algo.kl_coef", a.kl_coef),
+        ("algo.entropy_coef", a.entropy_coef),
+        ("optim.weight_decay", cfg.optim.weight_decay),
+        ("optim.warmup_steps", cfg.optim.warmup_steps),
+        ("optim.grad_clip", cfg.optim.grad_clip),
+    ):
         if v < 0:
             fail(key, f"must be >= 0, got {v}")
     if cfg.optim.lr <= 0:
@@ -262,8 +275,12 @@ def _check_reward_options(cfg: TrainConfig, fail) -> None:
     accepted = {p for p in params if p != "self"} - {"mode", "delimiter"}
     for key in cfg.reward.options:
         if key not in accepted:
-            fail(f"reward.options.{key}", f"not an option of reward {cfg.reward.name!r} "
-                 f"(it takes: {', '.join(sorted(accepted))}; mode and delimiter come from reward.mode/delimiter)")
+            fail(
+                f"reward.options.{key}",
+                f"not an option of reward {cfg.reward.name!r} "
+                f"(it takes: {', '.join(sorted(accepted))}; mode and delimiter are reward.mode and "
+                "reward.delimiter)",
+            )
 
 
 def batch_layout(cfg: TrainConfig, world_size: int, source: str = "<config>") -> tuple[int, int]:
@@ -342,7 +359,9 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise bad(f"a list of {len(args)} values")
-        return tuple(_coerce(t, v, f"{key}[{i}]", source) for i, (t, v) in enumerate(zip(args, value, strict=True)))
+        return tuple(
+            _coerce(t, v, f"{key}[{i}]", source) for i, (t, v) in enumerate(zip(args, value, strict=True))
+        )
     if origin is dict:
         if not isinstance(value, dict):
             raise bad("a mapping")

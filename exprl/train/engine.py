@@ -47,18 +47,24 @@ def _free_port() -> int:
 
 
 def resolve_dtype(name: str) -> torch.dtype:
-    """"auto" = bf16 on CUDA devices that support it, else fp32 (CPU training stays in fp32)."""
+    """ "auto" = bf16 on CUDA devices that support it, else fp32 (CPU training stays in fp32)."""
     if name == "auto":
         return torch.bfloat16 if on_cuda() and torch.cuda.is_bf16_supported() else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 def resolve_model_path(path: str) -> pathlib.Path:
-    """"tiny" = the shipped tiny base model; anything else must be a local directory with a config.json."""
+    """ "tiny" = the shipped tiny base model; anything else must be a local directory with a config.json."""
     if path == "tiny":
         from exprl.models import tiny_base_path
 
-        return pathlib.Path(tiny_base_path())
+        shipped = pathlib.Path(tiny_base_path())
+        if not (shipped / "config.json").is_file():
+            raise FileNotFoundError(
+                f"model.path: 'tiny' names the shipped tiny model, but {shipped} holds no config.json; "
+                "build it with `exprl pretrain` or set model.path to a local Hugging Face model directory"
+            )
+        return shipped
     p = pathlib.Path(path).expanduser()
     if not (p / "config.json").is_file():
         raise FileNotFoundError(
@@ -89,7 +95,9 @@ def load_policy(cfg: TrainConfig) -> tuple[torch.nn.Module, Any]:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=resolve_dtype(cfg.model.dtype), attn_implementation=attn_implementation(cfg.model.attn_implementation)
+        path,
+        dtype=resolve_dtype(cfg.model.dtype),
+        attn_implementation=attn_implementation(cfg.model.attn_implementation),
     )
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -97,14 +105,17 @@ def load_policy(cfg: TrainConfig) -> tuple[torch.nn.Module, Any]:
     return model, tokenizer
 
 
-def deepspeed_config(cfg: TrainConfig, micro_batch_size: int, grad_accum: int, world_size: int,
-                     with_optimizer: bool = True) -> dict[str, Any]:
+def deepspeed_config(
+    cfg: TrainConfig, micro_batch_size: int, grad_accum: int, world_size: int, with_optimizer: bool = True
+) -> dict[str, Any]:
     """The DeepSpeed config for `cfg`: ZeRO-3 always, bf16/fp16 matching the model dtype, our optimizer
     and warmup schedule. A user JSON (`deepspeed.config`) wins, with batch sizes filled from ours."""
     if cfg.deepspeed.config is not None:
         ds = json.loads(pathlib.Path(cfg.deepspeed.config).read_text())
         if ds.get("zero_optimization", {}).get("stage", 3) != 3:
-            raise ValueError(f"{cfg.deepspeed.config}: zero_optimization.stage must be 3 (exprl is ZeRO-3 only)")
+            raise ValueError(
+                f"{cfg.deepspeed.config}: zero_optimization.stage must be 3 (exprl is ZeRO-3 only)"
+            )
     else:
         dtype = resolve_dtype(cfg.model.dtype)
         zero: dict[str, Any] = {

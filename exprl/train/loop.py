@@ -46,8 +46,10 @@ def run(cfg: TrainConfig) -> pathlib.Path:
     run_dir, ckpt_dir = cfg.run_dir, cfg.run_dir / "checkpoints"
     problems = load_problems(cfg.data.train, seed=cfg.seed)
     if len(problems) < cfg.rollout.prompts_per_step:
-        raise ValueError(f"data.train: {cfg.data.train!r} holds {len(problems)} problems, fewer than "
-                         f"rollout.prompts_per_step={cfg.rollout.prompts_per_step}")
+        raise ValueError(
+            f"data.train: {cfg.data.train!r} holds {len(problems)} problems, fewer than "
+            f"rollout.prompts_per_step={cfg.rollout.prompts_per_step}"
+        )
     _, grad_accum = batch_layout(cfg, world)
     model, tokenizer = load_policy(cfg)
     engine = build_engine(model, deepspeed_config(cfg, cfg.algo.micro_batch_size, grad_accum, world))
@@ -59,7 +61,13 @@ def run(cfg: TrainConfig) -> pathlib.Path:
         rollout.enable_synced_generation(ref_ds if ref else deepspeed_config(cfg, 1, 1, world))
     judge, verifier = rollout.build_rewards(cfg)
 
-    state: dict[str, Any] = {"step": 0, "seen": [], "unsolved_first": [], "became_solved": [], "eval_before": None}
+    state: dict[str, Any] = {
+        "step": 0,
+        "seen": [],
+        "unsolved_first": [],
+        "became_solved": [],
+        "eval_before": None,
+    }
     tag = checkpoint.latest(ckpt_dir) if cfg.resume == "auto" else None
     if tag is not None:
         state = checkpoint.load(engine, ckpt_dir, tag)
@@ -102,23 +110,40 @@ def step_prompts(n_problems: int, prompts_per_step: int, step: int, seed: int, s
     for position in range(step * prompts_per_step, (step + 1) * prompts_per_step):
         epoch, offset = divmod(position, n_problems)
         if shuffle:
-            order = torch.randperm(n_problems, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+            order = torch.randperm(
+                n_problems, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)
+            )
             out.append(int(order[offset]))
         else:
             out.append(offset)
     return out
 
 
-def train_step(engine, ref, tokenizer, judge, verifier, problems: Sequence[Problem], cfg: TrainConfig,
-               step: int, state: dict[str, Any]) -> dict[str, float]:
+def train_step(
+    engine,
+    ref,
+    tokenizer,
+    judge,
+    verifier,
+    problems: Sequence[Problem],
+    cfg: TrainConfig,
+    step: int,
+    state: dict[str, Any],
+) -> dict[str, float]:
     """One RL step on this rank's share of the step's prompts; returns global metrics (all ranks agree)."""
     rank, world = dist.get_rank(), dist.get_world_size()
     indices = step_prompts(len(problems), cfg.rollout.prompts_per_step, step, cfg.seed, cfg.data.shuffle)
     share = cfg.rollout.prompts_per_step // world
     mine = range(rank * share, (rank + 1) * share)
     t0 = time.perf_counter()
-    ro = rollout.generate(engine, tokenizer, [problems[indices[j]] for j in mine],
-                          [step * cfg.rollout.prompts_per_step + j for j in mine], cfg, step)
+    ro = rollout.generate(
+        engine,
+        tokenizer,
+        [problems[indices[j]] for j in mine],
+        [step * cfg.rollout.prompts_per_step + j for j in mine],
+        cfg,
+        step,
+    )
     t1 = time.perf_counter()
     rollout.score(ro, judge, verifier)
     t2 = time.perf_counter()
@@ -128,14 +153,18 @@ def train_step(engine, ref, tokenizer, judge, verifier, problems: Sequence[Probl
     metrics = rollout_metrics(ro, cfg.rollout.group_size, state)
     metrics.update(train_stats)
     gen_tokens = _global_sum([float(sum(len(r) for r in ro.response_ids))])[0]
-    metrics.update({
-        "time/generation": t1 - t0,
-        "time/scoring": t2 - t1,
-        "time/training": t3 - t2,
-        "throughput/generated_tokens_per_s": gen_tokens / max(t1 - t0, 1e-9),
-        "throughput/trained_tokens_per_s": train_stats["tokens"] * cfg.algo.ppo_epochs / max(t3 - t2, 1e-9),
-        "lr": float(engine.get_lr()[0]),
-    })
+    metrics.update(
+        {
+            "time/generation": t1 - t0,
+            "time/scoring": t2 - t1,
+            "time/training": t3 - t2,
+            "throughput/generated_tokens_per_s": gen_tokens / max(t1 - t0, 1e-9),
+            "throughput/trained_tokens_per_s": train_stats["tokens"]
+            * cfg.algo.ppo_epochs
+            / max(t3 - t2, 1e-9),
+            "lr": float(engine.get_lr()[0]),
+        }
+    )
     return metrics
 
 
@@ -147,8 +176,13 @@ def compute_advantages(ro: rollout.Rollouts, tokenizer, cfg: TrainConfig) -> lis
 
         segment_ids = [token_segment_ids(ids, tokenizer, cfg.reward.delimiter) for ids in ro.response_ids]
     estimator = advantages.get(cfg.algo.advantage)
-    return estimator(ro.scores, cfg.rollout.group_size, response_lengths=[len(r) for r in ro.response_ids],
-                     token_segment_ids=segment_ids, scale=cfg.algo.scale)
+    return estimator(
+        ro.scores,
+        cfg.rollout.group_size,
+        response_lengths=[len(r) for r in ro.response_ids],
+        token_segment_ids=segment_ids,
+        scale=cfg.algo.scale,
+    )
 
 
 @dataclass
@@ -170,15 +204,21 @@ class MicroBatch:
         return int((self.mask.sum(1) > 0).sum())
 
 
-def micro_batches(ro: rollout.Rollouts, token_adv: Sequence[Tensor], pad_id: int, size: int,
-                  device: torch.device) -> list[MicroBatch]:
+def micro_batches(
+    ro: rollout.Rollouts, token_adv: Sequence[Tensor], pad_id: int, size: int, device: torch.device
+) -> list[MicroBatch]:
     """Rollouts -> `size`-sequence micro-batches through `exprl.batching.build_rollout_batch`.
     Dropped rollouts (score None) keep their place with an all-zero mask."""
     out = []
     for start in range(0, len(ro), size):
         rows = range(start, min(start + size, len(ro)))
-        batch = batching.build_rollout_batch([ro.prompt_ids[i] for i in rows], [ro.response_ids[i] for i in rows],
-                                             pad_id, layout="padded", truncated=[ro.truncated[i] for i in rows])
+        batch = batching.build_rollout_batch(
+            [ro.prompt_ids[i] for i in rows],
+            [ro.response_ids[i] for i in rows],
+            pad_id,
+            layout="padded",
+            truncated=[ro.truncated[i] for i in rows],
+        )
         mask = batch.response_mask.clone()
         adv = torch.zeros(mask.shape, dtype=torch.float32)
         for b, i in enumerate(rows):
@@ -195,8 +235,9 @@ def forward_logits(engine, mb: MicroBatch) -> Tensor:
     return engine(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids).logits
 
 
-def optimize(engine, ref, ro: rollout.Rollouts, token_adv: Sequence[Tensor], pad_id: int,
-             cfg: TrainConfig) -> dict[str, float]:
+def optimize(
+    engine, ref, ro: rollout.Rollouts, token_adv: Sequence[Tensor], pad_id: int, cfg: TrainConfig
+) -> dict[str, float]:
     """PPO epochs over the rollouts: old/ref log-probs first, then mini-batch optimizer steps with
     gradient accumulation over micro-batches. Returns global means (loss, entropy, kl, clip_frac, ...)."""
     a, world = cfg.algo, dist.get_world_size()
@@ -205,27 +246,40 @@ def optimize(engine, ref, ro: rollout.Rollouts, token_adv: Sequence[Tensor], pad
     with torch.no_grad():
         for mb in mbs:
             if ref is not None:
-                mb.ref_logprobs = logprobs_and_entropy(forward_logits(ref, mb), mb.batch.target_ids,
-                                                       temperature=cfg.rollout.temperature)[0]
+                mb.ref_logprobs = logprobs_and_entropy(
+                    forward_logits(ref, mb), mb.batch.target_ids, temperature=cfg.rollout.temperature
+                )[0]
             if not on_policy:
-                mb.old_logprobs = logprobs_and_entropy(forward_logits(engine, mb), mb.batch.target_ids,
-                                                       temperature=cfg.rollout.temperature)[0]
+                mb.old_logprobs = logprobs_and_entropy(
+                    forward_logits(engine, mb), mb.batch.target_ids, temperature=cfg.rollout.temperature
+                )[0]
     per_mini = len(mbs) // a.mini_batches
     sums = {"loss": 0.0, "entropy": 0.0, "kl": 0.0, "clip_frac": 0.0}
     grad_norms, updates, tokens = [], 0, 0.0
     engine.train()
     for _ in range(a.ppo_epochs):
         for m in range(a.mini_batches):
-            group = mbs[m * per_mini:(m + 1) * per_mini]
-            n_tokens, n_seqs = _global_sum([float(sum(mb.tokens for mb in group)),
-                                            float(sum(mb.sequences for mb in group))])
+            group = mbs[m * per_mini : (m + 1) * per_mini]
+            n_tokens, n_seqs = _global_sum(
+                [float(sum(mb.tokens for mb in group)), float(sum(mb.sequences for mb in group))]
+            )
             for mb in group:
                 logits = forward_logits(engine, mb)
                 out = entropy_pg_loss(
-                    logits, mb.batch.target_ids, mb.advantages, mask=mb.mask, old_logprobs=mb.old_logprobs,
-                    ref_logprobs=mb.ref_logprobs, temperature=cfg.rollout.temperature, clip_low=a.clip_low,
-                    clip_high=a.clip_high, dual_clip=a.dual_clip, kl_coef=a.kl_coef, kl_estimator=a.kl_estimator,
-                    entropy_coef=a.entropy_coef, loss_agg=a.loss_agg,
+                    logits,
+                    mb.batch.target_ids,
+                    mb.advantages,
+                    mask=mb.mask,
+                    old_logprobs=mb.old_logprobs,
+                    ref_logprobs=mb.ref_logprobs,
+                    temperature=cfg.rollout.temperature,
+                    clip_low=a.clip_low,
+                    clip_high=a.clip_high,
+                    dual_clip=a.dual_clip,
+                    kl_coef=a.kl_coef,
+                    kl_estimator=a.kl_estimator,
+                    entropy_coef=a.entropy_coef,
+                    loss_agg=a.loss_agg,
                     norm_tokens=max(n_tokens, 1.0) if a.loss_agg == "token-mean" else None,
                     max_len=cfg.rollout.max_new_tokens if a.loss_agg == "seq-mean-token-sum-norm" else None,
                     backend=a.loss_backend,
@@ -262,12 +316,19 @@ def rollout_metrics(ro: rollout.Rollouts, group_size: int, state: dict[str, Any]
     first appearance and later solved (`state`, saved in checkpoints)."""
     kept = [s for s in ro.scores if s is not None]
     judge_sum = sum(float(np.mean(s)) if isinstance(s, list) else float(s) for s in kept)
-    solved = [max(ro.correct[i:i + group_size]) > 0 for i in range(0, len(ro), group_size)]
+    solved = [max(ro.correct[i : i + group_size]) > 0 for i in range(0, len(ro), group_size)]
     ids = [ro.problems[i].id for i in range(0, len(ro), group_size)]
-    n, kept_n, judge_sum, correct_sum, solved_sum, length_sum, trunc_sum = _global_sum([
-        float(len(ro)), float(len(kept)), judge_sum, float(sum(ro.correct)), float(sum(solved)),
-        float(sum(len(r) for r in ro.response_ids)), float(sum(ro.truncated)),
-    ])
+    n, kept_n, judge_sum, correct_sum, solved_sum, length_sum, trunc_sum = _global_sum(
+        [
+            float(len(ro)),
+            float(len(kept)),
+            judge_sum,
+            float(sum(ro.correct)),
+            float(sum(solved)),
+            float(sum(len(r) for r in ro.response_ids)),
+            float(sum(ro.truncated)),
+        ]
+    )
     everyone: list[list[tuple[str, bool]]] = [[] for _ in range(dist.get_world_size())]
     dist.all_gather_object(everyone, list(zip(ids, solved, strict=True)))
     seen_unsolved, became = set(state["unsolved_first"]), set(state["became_solved"])
@@ -299,4 +360,3 @@ def _global_sum(values: list[float]) -> list[float]:
     if dist.get_world_size() > 1:
         dist.all_reduce(t)
     return [float(v) for v in t]
-

@@ -36,7 +36,9 @@ def truncate_metrics(path: pathlib.Path, after_step: int) -> None:
     the resumed run logs them again)."""
     if not path.is_file():
         return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= after_step]
+    lines = [
+        ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= after_step
+    ]
     path.write_text("".join(ln + "\n" for ln in lines))
 
 
@@ -57,10 +59,20 @@ def evaluate_policy(engine, tokenizer, cfg: TrainConfig, stage: str) -> dict[str
     with generation_mode(engine, gather_parameters=True) as model:
         if dist.get_rank() == 0:
             e = cfg.eval
-            report = evaluate(model, tokenizer, eval_problems(cfg), n=e.n, ks=e.ks, temperature=e.temperature,
-                              max_new_tokens=e.max_new_tokens, seed=cfg.seed, batch_size=e.batch_size,
-                              verifier=cfg.reward.sparse, progress=False,
-                              format_prompt=lambda p: prompt_text(p, tokenizer, cfg.model.chat_template))
+            report = evaluate(
+                model,
+                tokenizer,
+                eval_problems(cfg),
+                n=e.n,
+                ks=e.ks,
+                temperature=e.temperature,
+                max_new_tokens=e.max_new_tokens,
+                seed=cfg.seed,
+                batch_size=e.batch_size,
+                verifier=cfg.reward.sparse,
+                progress=False,
+                format_prompt=lambda p: prompt_text(p, tokenizer, cfg.model.chat_template),
+            )
             result[0] = report.to_dict()
             cfg.run_dir.mkdir(parents=True, exist_ok=True)
             (cfg.run_dir / f"eval_{stage}.json").write_text(json.dumps(result[0], indent=2))
@@ -77,8 +89,10 @@ def comparison_table(before: dict[str, Any], after: dict[str, Any]) -> str:
             prev = old["pass_at_k"][k] if old else float("nan")
             rows.append(f"| {split} | pass@{k} | {prev:.3f} | {value:.3f} | {value - prev:+.3f} |")
         if old:
-            rows.append(f"| {split} | never solved | {old['never_solved']:.3f} | {metrics['never_solved']:.3f} | "
-                        f"{metrics['never_solved'] - old['never_solved']:+.3f} |")
+            rows.append(
+                f"| {split} | never solved | {old['never_solved']:.3f} | {metrics['never_solved']:.3f} | "
+                f"{metrics['never_solved'] - old['never_solved']:+.3f} |"
+            )
     return "\n".join(rows)
 
 
@@ -97,7 +111,9 @@ def export_policy(engine, tokenizer, out_dir: pathlib.Path) -> None:
     dist.barrier()
 
 
-def finish(engine, tokenizer, cfg: TrainConfig, state: dict[str, Any], logger: MetricsLogger, rank: int) -> None:
+def finish(
+    engine, tokenizer, cfg: TrainConfig, state: dict[str, Any], logger: MetricsLogger, rank: int
+) -> None:
     """After the last step: evaluate, export, plot, and print where everything is."""
     table = None
     if cfg.eval.enabled:

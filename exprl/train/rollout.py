@@ -70,16 +70,22 @@ def generation_mode(engine, gather_parameters: bool) -> Iterator[torch.nn.Module
         yield engine.module
 
 
-def generate(engine, tokenizer, problems: Sequence[Problem], global_indices: Sequence[int], cfg: TrainConfig,
-             step: int) -> Rollouts:
+def generate(
+    engine, tokenizer, problems: Sequence[Problem], global_indices: Sequence[int], cfg: TrainConfig, step: int
+) -> Rollouts:
     """G samples for each problem (temperature, top-p, max new tokens, stop at eos)."""
     r = cfg.rollout
     out = Rollouts([], [], [], [], [])
     with generation_mode(engine, r.gather_parameters) as model:
         for problem, index in zip(problems, global_indices, strict=True):
             samples = sample(
-                model, tokenizer, [prompt_text(problem, tokenizer, cfg.model.chat_template)], r.group_size,
-                max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
+                model,
+                tokenizer,
+                [prompt_text(problem, tokenizer, cfg.model.chat_template)],
+                r.group_size,
+                max_new_tokens=r.max_new_tokens,
+                temperature=r.temperature,
+                top_p=r.top_p,
                 generator_seed=sample_seed(cfg.seed, step, index),
             )
             for s in samples:
@@ -100,8 +106,10 @@ def score(rollouts: Rollouts, judge: RewardSource, verifier: RewardSource) -> No
     """
     from exprl.rewards.segments import split_segments
 
-    batch = [Rollout(p, t, tr) for p, t, tr in zip(rollouts.problems, rollouts.texts, rollouts.truncated,
-                                                   strict=True)]
+    batch = [
+        Rollout(p, t, tr)
+        for p, t, tr in zip(rollouts.problems, rollouts.texts, rollouts.truncated, strict=True)
+    ]
     scores = list(judge.score(batch))
     if len(scores) != len(batch):
         raise ValueError(f"reward {judge.name!r} returned {len(scores)} scores for {len(batch)} rollouts")
@@ -131,7 +139,6 @@ def build_rewards(cfg: TrainConfig) -> tuple[RewardSource, RewardSource]:
     if cfg.reward.name in JUDGES:  # judges grade against the reference, per response or per segment
         options.update(mode=cfg.reward.mode, delimiter=cfg.reward.delimiter)
     return build_reward(cfg.reward.name, **options), build_reward(cfg.reward.sparse)
-
 
 
 def enable_synced_generation(ds_config: dict) -> None:

@@ -24,18 +24,24 @@ def sft_layout(cfg: TrainConfig, world: int) -> tuple[int, int]:
     """(sequences per rank per optimizer step, gradient accumulation steps); ValueError if uneven."""
     s = cfg.sft
     if s.batch_size % (world * s.micro_batch_size):
-        raise ValueError(f"sft.batch_size={s.batch_size} must be a multiple of world size x sft.micro_batch_size "
-                         f"= {world * s.micro_batch_size}")
+        raise ValueError(
+            f"sft.batch_size={s.batch_size} must be a multiple of world size x sft.micro_batch_size "
+            f"= {world * s.micro_batch_size}"
+        )
     per_rank = s.batch_size // world
     return per_rank, per_rank // s.micro_batch_size
 
 
-def sft_examples(problems: list[Problem], tokenizer, cfg: TrainConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def sft_examples(
+    problems: list[Problem], tokenizer, cfg: TrainConfig
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(prompt_ids, target_ids) per problem: the policy prompt and the reference solution + eos."""
     missing = [p.id for p in problems if not p.reference]
     if missing:
-        raise ValueError(f"data.train: SFT needs a reference solution for every problem; {len(missing)} have none "
-                         f"(first: {missing[0]})")
+        raise ValueError(
+            f"data.train: SFT needs a reference solution for every problem; {len(missing)} have none "
+            f"(first: {missing[0]})"
+        )
     out = []
     for p in problems:
         prompt = torch.tensor(tokenizer(prompt_text(p, tokenizer, cfg.model.chat_template))["input_ids"])
@@ -44,21 +50,27 @@ def sft_examples(problems: list[Problem], tokenizer, cfg: TrainConfig) -> list[t
     return out
 
 
-def sft_loss_step(engine, examples: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int, micro: int) -> float:
+def sft_loss_step(
+    engine, examples: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int, micro: int
+) -> float:
     """One optimizer step over this rank's `examples`: token-mean cross-entropy normalised by the global
     token count (all ranks, all micro-batches). Returns the global loss."""
     world = dist.get_world_size()
     batches = [
-        batching.build_rollout_batch([e[0] for e in examples[i:i + micro]], [e[1] for e in examples[i:i + micro]],
-                                     pad_id).to(engine.device)
+        batching.build_rollout_batch(
+            [e[0] for e in examples[i : i + micro]], [e[1] for e in examples[i : i + micro]], pad_id
+        ).to(engine.device)
         for i in range(0, len(examples), micro)
     ]
     (n_tokens,) = _global_sum([float(sum(int(b.response_mask.sum()) for b in batches))])
     total = 0.0
     for b in batches:
-        logits = engine(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids).logits
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), b.target_ids.flatten(), ignore_index=-100,
-                               reduction="sum") / max(n_tokens, 1.0)
+        logits = engine(
+            input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids
+        ).logits
+        loss = F.cross_entropy(
+            logits.flatten(0, 1).float(), b.target_ids.flatten(), ignore_index=-100, reduction="sum"
+        ) / max(n_tokens, 1.0)
         engine.backward(loss * world, scale_wrt_gas=False)  # undo DeepSpeed's rank and accumulation averaging
         engine.step()
         total += float(loss.detach())
@@ -76,7 +88,9 @@ def run_sft(cfg: TrainConfig) -> pathlib.Path:
     problems = load_problems(cfg.data.train, seed=cfg.seed)
     examples = sft_examples(problems, tokenizer, cfg)
     if len(examples) < cfg.sft.batch_size:
-        raise ValueError(f"data.train: {len(examples)} examples, fewer than sft.batch_size={cfg.sft.batch_size}")
+        raise ValueError(
+            f"data.train: {len(examples)} examples, fewer than sft.batch_size={cfg.sft.batch_size}"
+        )
     engine = build_engine(model, deepspeed_config(cfg, cfg.sft.micro_batch_size, grad_accum, world))
 
     state: dict[str, Any] = {"step": 0, "eval_before": None}
@@ -96,16 +110,22 @@ def run_sft(cfg: TrainConfig) -> pathlib.Path:
     for step in range(state["step"], cfg.steps):
         # the same seeded epoch permutation as the RL loop: the data position is the step
         indices = step_prompts(len(examples), cfg.sft.batch_size, step, cfg.seed, cfg.data.shuffle)
-        mine = indices[rank * per_rank:(rank + 1) * per_rank]
+        mine = indices[rank * per_rank : (rank + 1) * per_rank]
         t0 = time.perf_counter()
-        loss = sft_loss_step(engine, [examples[i] for i in mine], tokenizer.pad_token_id,
-                             cfg.sft.micro_batch_size)
+        loss = sft_loss_step(
+            engine, [examples[i] for i in mine], tokenizer.pad_token_id, cfg.sft.micro_batch_size
+        )
         elapsed = time.perf_counter() - t0
         (tokens,) = _global_sum([float(sum(len(examples[i][0]) + len(examples[i][1]) for i in mine))])
         norm = engine.get_global_grad_norm()
-        metrics = {"loss": loss, "grad_norm": float(norm) if norm is not None else float("nan"),
-                   "lr": float(engine.get_lr()[0]), "epoch": (step + 1) * cfg.sft.batch_size / len(examples),
-                   "time/training": elapsed, "throughput/trained_tokens_per_s": tokens / max(elapsed, 1e-9)}
+        metrics = {
+            "loss": loss,
+            "grad_norm": float(norm) if norm is not None else float("nan"),
+            "lr": float(engine.get_lr()[0]),
+            "epoch": (step + 1) * cfg.sft.batch_size / len(examples),
+            "time/training": elapsed,
+            "throughput/trained_tokens_per_s": tokens / max(elapsed, 1e-9),
+        }
         logger.log(step + 1, metrics)
         bar.update(1)
         bar.set_postfix(report.postfix(metrics), refresh=False)
