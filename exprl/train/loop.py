@@ -57,8 +57,6 @@ def run(cfg: TrainConfig) -> pathlib.Path:
     if cfg.algo.kl_coef > 0:
         ref_ds = deepspeed_config(cfg, cfg.algo.micro_batch_size, grad_accum, world, with_optimizer=False)
         ref = build_engine(load_policy(cfg)[0], ref_ds, trainable=False)
-    if not cfg.rollout.gather_parameters:
-        rollout.enable_synced_generation(ref_ds if ref else deepspeed_config(cfg, 1, 1, world))
     judge, verifier = rollout.build_rewards(cfg)
 
     state: dict[str, Any] = {

@@ -67,7 +67,15 @@ def generation_mode(engine, gather_parameters: bool) -> Iterator[torch.nn.Module
         with unwrap_model_for_generation(engine) as module:
             yield module
     else:
-        yield engine.module
+        from transformers.integrations import HfDeepSpeedConfig
+
+        # transformers turns on synced_gpus while a HfDeepSpeedConfig with ZeRO-3 is alive (a weak
+        # reference): keep one for this rollout only, so rank 0 alone can still generate for evaluation
+        marker = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}})
+        try:
+            yield engine.module
+        finally:
+            del marker
 
 
 def generate(
@@ -139,14 +147,3 @@ def build_rewards(cfg: TrainConfig) -> tuple[RewardSource, RewardSource]:
     if cfg.reward.name in JUDGES:  # judges grade against the reference, per response or per segment
         options.update(mode=cfg.reward.mode, delimiter=cfg.reward.delimiter)
     return build_reward(cfg.reward.name, **options), build_reward(cfg.reward.sparse)
-
-
-def enable_synced_generation(ds_config: dict) -> None:
-    """Make transformers' `generate` run with synced_gpus under ZeRO-3 (it checks for a live
-    HfDeepSpeedConfig); the reference is kept for the life of the process."""
-    from transformers.integrations import HfDeepSpeedConfig
-
-    _SYNCED.append(HfDeepSpeedConfig(ds_config))
-
-
-_SYNCED: list = []
