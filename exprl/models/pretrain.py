@@ -25,7 +25,7 @@ from exprl.models.generation import sample
 from exprl.models.tokenizer import build_tokenizer
 
 # Share of training sequences drawn from each level (train split only).
-LEVEL_MIX = {1: 0.4, 2: 0.4, 3: 0.12, 4: 0.08}
+LEVEL_MIX = {1: 0.3, 2: 0.35, 3: 0.2, 4: 0.15}
 IGNORE_INDEX = -100
 
 
@@ -47,13 +47,18 @@ def tiny_config(vocab_size: int, pad_id: int, eos_id: int) -> LlamaConfig:
 
 
 def _batches(tokenizer, batch_size: int, seed: int):
-    """Endless (input_ids [B, L], labels [B, L]) int64 batches; labels are -100 on prompt and padding."""
+    """Endless (input_ids [B, L], labels [B, L]) int64 batches; labels are -100 on prompt and padding.
+
+    Each batch holds one level (drawn with LEVEL_MIX weights), so rows have similar lengths and little
+    compute goes to padding.
+    """
     streams = {level: iter_problems(None, level, "train", seed) for level in LEVELS}
     rng = random.Random(f"exprl-pretrain-mix:{seed}")
     levels, weights = list(LEVEL_MIX), list(LEVEL_MIX.values())
     while True:
+        level = rng.choices(levels, weights)[0]
         rows = []
-        for level in rng.choices(levels, weights, k=batch_size):
+        for _ in range(batch_size):
             problem = next(streams[level])
             prompt = tokenizer(problem.prompt)["input_ids"]
             completion = tokenizer(problem.reference)["input_ids"] + [tokenizer.eos_token_id]
@@ -186,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     """Train the tiny base model and write it, its tokenizer, eval.json and PROVENANCE.md to --out."""
     parser = argparse.ArgumentParser(prog="exprl pretrain", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="output directory (e.g. exprl/assets/tiny-base)")
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=900)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
