@@ -150,7 +150,7 @@ def train_step(
     t3 = time.perf_counter()
     metrics = rollout_metrics(ro, cfg.rollout.group_size, state)
     metrics.update(train_stats)
-    gen_tokens = _global_sum([float(sum(len(r) for r in ro.response_ids))])[0]
+    gen_tokens = global_sum([float(sum(len(r) for r in ro.response_ids))])[0]
     metrics.update(
         {
             "time/generation": t1 - t0,
@@ -258,7 +258,7 @@ def optimize(
     for _ in range(a.ppo_epochs):
         for m in range(a.mini_batches):
             group = mbs[m * per_mini : (m + 1) * per_mini]
-            n_tokens, n_seqs = _global_sum(
+            n_tokens, n_seqs = global_sum(
                 [float(sum(mb.tokens for mb in group)), float(sum(mb.sequences for mb in group))]
             )
             for mb in group:
@@ -298,7 +298,7 @@ def optimize(
             grad_norms.append(float(norm) if norm is not None else float("nan"))
             updates += 1
             tokens += n_tokens
-    loss, ent, kl, clip = _global_sum([sums["loss"], sums["entropy"], sums["kl"], sums["clip_frac"]])
+    loss, ent, kl, clip = global_sum([sums["loss"], sums["entropy"], sums["kl"], sums["clip_frac"]])
     return {
         "loss": loss / updates,
         "entropy": ent / max(tokens, 1.0),
@@ -316,7 +316,7 @@ def rollout_metrics(ro: rollout.Rollouts, group_size: int, state: dict[str, Any]
     judge_sum = sum(float(np.mean(s)) if isinstance(s, list) else float(s) for s in kept)
     solved = [max(ro.correct[i : i + group_size]) > 0 for i in range(0, len(ro), group_size)]
     ids = [ro.problems[i].id for i in range(0, len(ro), group_size)]
-    n, kept_n, judge_sum, correct_sum, solved_sum, length_sum, trunc_sum = _global_sum(
+    n, kept_n, judge_sum, correct_sum, solved_sum, length_sum, trunc_sum = global_sum(
         [
             float(len(ro)),
             float(len(kept)),
@@ -351,7 +351,7 @@ def rollout_metrics(ro: rollout.Rollouts, group_size: int, state: dict[str, Any]
     }
 
 
-def _global_sum(values: list[float]) -> list[float]:
+def global_sum(values: list[float]) -> list[float]:
     """Element-wise sum over ranks of a few floats (one all-reduce, float64 for exact counts)."""
     device = "cuda" if dist.get_backend() == "nccl" else "cpu"
     t = torch.tensor(values, dtype=torch.float64, device=device)

@@ -16,7 +16,7 @@ from exprl.data import Problem, load_problems
 from exprl.train import checkpoint, report
 from exprl.train.config import TrainConfig, save_config
 from exprl.train.engine import build_engine, deepspeed_config, init_distributed, load_policy
-from exprl.train.loop import _global_sum, seed_everything, step_prompts
+from exprl.train.loop import global_sum, seed_everything, step_prompts
 from exprl.train.rollout import prompt_text
 
 
@@ -62,7 +62,7 @@ def sft_loss_step(
         ).to(engine.device)
         for i in range(0, len(examples), micro)
     ]
-    (n_tokens,) = _global_sum([float(sum(int(b.response_mask.sum()) for b in batches))])
+    (n_tokens,) = global_sum([float(sum(int(b.response_mask.sum()) for b in batches))])
     total = 0.0
     for b in batches:
         logits = engine(
@@ -74,7 +74,7 @@ def sft_loss_step(
         engine.backward(loss * world, scale_wrt_gas=False)  # undo DeepSpeed's rank and accumulation averaging
         engine.step()
         total += float(loss.detach())
-    return _global_sum([total])[0]
+    return global_sum([total])[0]
 
 
 def run_sft(cfg: TrainConfig) -> pathlib.Path:
@@ -116,7 +116,7 @@ def run_sft(cfg: TrainConfig) -> pathlib.Path:
             engine, [examples[i] for i in mine], tokenizer.pad_token_id, cfg.sft.micro_batch_size
         )
         elapsed = time.perf_counter() - t0
-        (tokens,) = _global_sum([float(sum(len(examples[i][0]) + len(examples[i][1]) for i in mine))])
+        (tokens,) = global_sum([float(sum(len(examples[i][0]) + len(examples[i][1]) for i in mine))])
         norm = engine.get_global_grad_norm()
         metrics = {
             "loss": loss,
