@@ -2,21 +2,25 @@
 
 The O(N) work (advantage broadcast, aggregation weights w_t, stats) happens here in torch; the fused
 backends only do the O(N*V) part (see `exprl.kernels.fused`).
+The `triton` backend module is imported on first use, so CPU-only installs never import triton.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import math
 import numbers
 import os
 
 import torch
 
-from exprl.kernels import reference
-from exprl.kernels.reference import IGNORE_INDEX, KL_ESTIMATORS, LOSS_AGGS, PGLossOutput
+from exprl.kernels import fused, reference
+from exprl.kernels.reference import IGNORE_INDEX, KL_ESTIMATORS, LOSS_AGGS, ObjectiveOptions, PGLossOutput
 
 BACKENDS = ("auto", "triton", "torch", "eager")
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
 def _check_number(name: str, value: object, *, low: float | None = None, strict: bool = False) -> float:
@@ -66,6 +70,9 @@ def _check_logits_and_targets(logits: object, target_ids: object) -> tuple[torch
     if target_ids.device != logits.device:
         raise ValueError(f"target_ids is on {target_ids.device} but logits are on {logits.device}")
     vocab = logits.shape[-1]
+    if torch.compiler.is_compiling():
+        # a value check needs a host sync, which would break the compiled graph: checked in eager only
+        return logits, target_ids.long()
     bad = ((target_ids < 0) | (target_ids >= vocab)) & (target_ids != IGNORE_INDEX)
     if target_ids.numel() and bool(bad.any()):
         raise ValueError(
@@ -79,7 +86,9 @@ def _resolve_backend(backend: object, logits: torch.Tensor) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "triton" if logits.is_cuda else "torch"
+        return "triton" if logits.is_cuda and _HAS_TRITON else "torch"
+    if backend == "triton" and not _HAS_TRITON:
+        raise ValueError("backend='triton' needs the triton package, which is not installed")
     if backend == "triton" and not logits.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError("backend='triton' needs CUDA logits (or TRITON_INTERPRET=1 for CPU tensors)")
     return backend
@@ -174,8 +183,6 @@ def logprobs_and_entropy(
     backend = _resolve_backend(backend, logits)
     if backend == "eager":
         return reference.logprobs_and_entropy(logits, target_ids, temperature=temperature)
-    from exprl.kernels import fused
-
     vocab = logits.shape[-1]
     logp, entropy = fused.logprobs_and_entropy(
         logits.reshape(-1, vocab), target_ids.reshape(-1), temperature, backend
@@ -233,15 +240,7 @@ def entropy_pg_loss(
     entropy_coef = _check_number("entropy_coef", entropy_coef)
     _check_options(loss_agg, kl_estimator, kl_coef, ref_logprobs, norm_tokens, max_len, cu_seqlens, logits)
     backend = _resolve_backend(backend, logits)
-    options = dict(
-        temperature=temperature,
-        clip_low=clip_low,
-        clip_high=clip_high,
-        dual_clip=dual_clip,
-        kl_coef=kl_coef,
-        kl_estimator=kl_estimator,
-        entropy_coef=entropy_coef,
-    )
+    options = ObjectiveOptions(clip_low, clip_high, dual_clip, kl_coef, kl_estimator, entropy_coef)
     if backend == "eager":
         return reference.entropy_pg_loss(
             logits,
@@ -250,17 +249,14 @@ def entropy_pg_loss(
             mask=mask,
             old_logprobs=old_logprobs,
             ref_logprobs=ref_logprobs,
+            temperature=temperature,
             loss_agg=loss_agg,
             norm_tokens=norm_tokens,
             max_len=max_len,
             cu_seqlens=cu_seqlens,
-            **options,
+            **dataclasses.asdict(options),
         )
-    from exprl.kernels import fused
-
-    m = (target_ids != IGNORE_INDEX).float()
-    if mask is not None:
-        m = m * mask.float()
+    m = reference.token_mask(target_ids, mask, torch.float32)
     weights = reference.token_weights(
         m, loss_agg, norm_tokens=norm_tokens, max_len=max_len, cu_seqlens=cu_seqlens
     )
@@ -277,7 +273,8 @@ def entropy_pg_loss(
         flat(old_logprobs),
         flat(ref_logprobs),
         backend=backend,
-        **options,
+        temperature=temperature,
+        options=options,
     )
     stats = reference.masked_stats(m.reshape(-1), parts, entropy)
     return PGLossOutput(loss, logp.reshape(shape), entropy.reshape(shape), stats)

@@ -14,9 +14,12 @@ dispatch costs tens of microseconds per call, negligible next to a sweep over N 
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from exprl.kernels import reference
+from exprl.kernels.reference import ObjectiveOptions
 
 
 def _backend_module(backend: str):
@@ -47,6 +50,8 @@ def _entropy_pg_op(
     backend: str,
     compute_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    # the op schema takes plain scalars; the backends take them as one ObjectiveOptions
+    options = ObjectiveOptions(clip_low, clip_high, dual_clip, kl_coef, kl_estimator, entropy_coef)
     logp, entropy, dlogits = _backend_module(backend).entropy_pg_forward(
         logits,
         targets,
@@ -55,27 +60,10 @@ def _entropy_pg_op(
         old_logprobs,
         ref_logprobs,
         temperature=temperature,
-        clip_low=clip_low,
-        clip_high=clip_high,
-        dual_clip=dual_clip,
-        kl_coef=kl_coef,
-        kl_estimator=kl_estimator,
-        entropy_coef=entropy_coef,
+        options=options,
         compute_grad=compute_grad,
     )
-    parts = reference.token_objective(
-        logp,
-        entropy,
-        advantages,
-        old_logprobs,
-        ref_logprobs,
-        clip_low=clip_low,
-        clip_high=clip_high,
-        dual_clip=dual_clip,
-        kl_coef=kl_coef,
-        kl_estimator=kl_estimator,
-        entropy_coef=entropy_coef,
-    )
+    parts = reference.token_objective(logp, entropy, advantages, old_logprobs, ref_logprobs, options)
     loss = torch.where(weights != 0, weights * parts["l"], 0).sum()
     if dlogits is None:
         dlogits = logits.new_empty(0)
@@ -93,6 +81,8 @@ def _(logits, targets, weights, advantages, old_logprobs, ref_logprobs, *args):
 
 def _setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(output[-1])
+    # only the loss is differentiable: no zero-filled N x V gradient for the dlogits output
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_loss, *unused):
@@ -137,12 +127,7 @@ def entropy_pg_loss(
     *,
     backend: str,
     temperature: float,
-    clip_low: float,
-    clip_high: float,
-    dual_clip: float | None,
-    kl_coef: float,
-    kl_estimator: str,
-    entropy_coef: float,
+    options: ObjectiveOptions,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """logits (N, V); targets (N,) int64; weights, advantages, old/ref (N,) fp32.
 
@@ -158,12 +143,7 @@ def entropy_pg_loss(
         old_logprobs,
         ref_logprobs,
         temperature,
-        clip_low,
-        clip_high,
-        dual_clip,
-        kl_coef,
-        kl_estimator,
-        entropy_coef,
+        *dataclasses.astuple(options),
         backend,
         compute_grad,
     )

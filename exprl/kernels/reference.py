@@ -19,6 +19,18 @@ LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mea
 KL_ESTIMATORS = ("k1", "k2", "k3")
 
 
+@dataclass(frozen=True)
+class ObjectiveOptions:
+    """The per-token objective's constants (DESIGN.md §3), as validated by `exprl.kernels.api`."""
+
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    dual_clip: float | None = None
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+    entropy_coef: float = 0.0
+
+
 @dataclass
 class PGLossOutput:
     """What `entropy_pg_loss` returns.
@@ -39,6 +51,12 @@ class PGLossOutput:
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """fp32 for every 16/32-bit input; fp64 input stays fp64 (tests evaluate the spec in fp64)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def token_mask(target_ids: torch.Tensor, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """m_t: the mask (1 where None) times 0 on ignore_index targets; shape of target_ids."""
+    m = (target_ids != IGNORE_INDEX).to(dtype)
+    return m if mask is None else m * mask.to(dtype)
 
 
 def sequence_lengths(target_shape: torch.Size, cu_seqlens: torch.Tensor | None) -> torch.Tensor:
@@ -107,13 +125,7 @@ def token_objective(
     advantages: torch.Tensor,
     old_logprobs: torch.Tensor | None,
     ref_logprobs: torch.Tensor | None,
-    *,
-    clip_low: float,
-    clip_high: float,
-    dual_clip: float | None,
-    kl_coef: float,
-    kl_estimator: str,
-    entropy_coef: float,
+    options: ObjectiveOptions,
 ) -> dict[str, torch.Tensor]:
     """Per-token objective l = pg + kl_coef * kl - entropy_coef * H, plus its parts for the stats.
 
@@ -123,15 +135,15 @@ def token_objective(
     old = logp.detach() if old_logprobs is None else old_logprobs
     ratio = torch.exp(logp - old)
     pg_unclipped = -advantages * ratio
-    pg = torch.maximum(pg_unclipped, -advantages * ratio.clamp(1 - clip_low, 1 + clip_high))
-    if dual_clip is not None:
-        pg = torch.where(advantages < 0, torch.minimum(pg, -advantages * dual_clip), pg)
+    pg = torch.maximum(pg_unclipped, -advantages * ratio.clamp(1 - options.clip_low, 1 + options.clip_high))
+    if options.dual_clip is not None:
+        pg = torch.where(advantages < 0, torch.minimum(pg, -advantages * options.dual_clip), pg)
     if ref_logprobs is None:
         kl = torch.zeros_like(logp)
     else:
         d = ref_logprobs - logp
-        kl = {"k1": -d, "k2": 0.5 * d * d, "k3": torch.exp(d) - d - 1}[kl_estimator]
-    objective = pg + kl_coef * kl - entropy_coef * entropy
+        kl = {"k1": -d, "k2": 0.5 * d * d, "k3": torch.exp(d) - d - 1}[options.kl_estimator]
+    objective = pg + options.kl_coef * kl - options.entropy_coef * entropy
     return {"l": objective, "ratio": ratio, "clipped": pg != pg_unclipped, "kl": kl}
 
 
@@ -201,9 +213,7 @@ def entropy_pg_loss(
     """
     dtype = compute_dtype(logits.dtype)
     logp, entropy = _log_softmax_stats(logits, target_ids, temperature)
-    m = (target_ids != IGNORE_INDEX).to(dtype)
-    if mask is not None:
-        m = m * mask.to(dtype)
+    m = token_mask(target_ids, mask, dtype)
     adv = expand_advantages(advantages, target_ids.shape, cu_seqlens).to(dtype)
     parts = token_objective(
         logp,
@@ -211,12 +221,7 @@ def entropy_pg_loss(
         adv,
         None if old_logprobs is None else old_logprobs.to(dtype),
         None if ref_logprobs is None else ref_logprobs.to(dtype),
-        clip_low=clip_low,
-        clip_high=clip_high,
-        dual_clip=dual_clip,
-        kl_coef=kl_coef,
-        kl_estimator=kl_estimator,
-        entropy_coef=entropy_coef,
+        ObjectiveOptions(clip_low, clip_high, dual_clip, kl_coef, kl_estimator, entropy_coef),
     )
     w = token_weights(m, loss_agg, norm_tokens=norm_tokens, max_len=max_len, cu_seqlens=cu_seqlens)
     # masked tokens contribute nothing, even where their objective is inf or nan

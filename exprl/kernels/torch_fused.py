@@ -3,15 +3,24 @@
 Matches `exprl.kernels.reference.logprobs_and_entropy` and the O(N*V) part of
 `exprl.kernels.reference.entropy_pg_loss`. Each chunk of rows is read once into one fp32 buffer;
 log-sum-exp, entropy, the target log-probs and (when asked) the gradient w.r.t. the logits are
-computed from it before the next chunk, so at most two chunk-sized fp32 temporaries ever exist and
+computed from it before the next chunk, so each worker holds two chunk-sized fp32 temporaries and
 the only N x V allocation is the gradient itself, in the logits' dtype.
+
+Threads: the rows are split into one slab per intra-op thread, each swept by a Python thread whose
+torch ops run single-threaded (torch releases the GIL inside ops). Small per-chunk ops parallelised
+by OpenMP instead pay a thread barrier each, which costs milliseconds on a loaded machine; the intra-op
+thread count is set to 1 for the duration of the call and restored after.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 
-from exprl.kernels.reference import IGNORE_INDEX
+from exprl.kernels.reference import IGNORE_INDEX, ObjectiveOptions
 
 # ~1 MiB of fp32 per chunk buffer: the chunk stays in cache across the ~12 passes made over it
 CHUNK_ELEMENTS = 1 << 18
@@ -24,42 +33,63 @@ def dobjective_dlogp(
     advantages: torch.Tensor,
     old_logprobs: torch.Tensor | None,
     ref_logprobs: torch.Tensor | None,
-    *,
-    clip_low: float,
-    clip_high: float,
-    dual_clip: float | None,
-    kl_coef: float,
-    kl_estimator: str,
+    options: ObjectiveOptions,
 ) -> torch.Tensor:
     """g = dl/dlogp of `reference.token_objective`, per token (same shape), fp32."""
     ratio = torch.ones_like(logp) if old_logprobs is None else torch.exp(logp - old_logprobs)
     pg_unclipped = -advantages * ratio
-    pg_clipped = -advantages * ratio.clamp(1 - clip_low, 1 + clip_high)
+    pg_clipped = -advantages * ratio.clamp(1 - options.clip_low, 1 + options.clip_high)
     # the ratio gets a gradient only where the unclipped branch is the one taken
     active = pg_unclipped >= pg_clipped
-    if dual_clip is not None:
-        active &= ~((advantages < 0) & (-advantages * dual_clip < pg_unclipped))
+    if options.dual_clip is not None:
+        active &= ~((advantages < 0) & (-advantages * options.dual_clip < pg_unclipped))
     g = torch.where(active, pg_unclipped, 0.0)
-    if ref_logprobs is not None and kl_coef != 0:
+    if ref_logprobs is not None and options.kl_coef != 0:
         d = ref_logprobs - logp
-        dkl = {"k1": torch.ones_like(d), "k2": -d, "k3": 1 - torch.exp(d)}[kl_estimator]
-        g = g + kl_coef * dkl
+        if options.kl_estimator == "k1":
+            g = g + options.kl_coef
+        elif options.kl_estimator == "k2":
+            g = g - options.kl_coef * d
+        else:
+            g = g + options.kl_coef * (1 - torch.exp(d))
     return g
 
 
-def _sweep(
-    logits: torch.Tensor, targets: torch.Tensor, temperature: float, logp: torch.Tensor, entropy: torch.Tensor
-):
-    """Walks the rows chunk by chunk, filling logp and entropy (N,) and yielding, per chunk:
-    (start, stop, buf = z - max(z) with -inf moved to a finite value, p = softmax(z), mu - max(z), valid).
-    buf and p are the only chunk-sized fp32 temporaries and are reused from chunk to chunk.
-    """
-    n, vocab = logits.shape
+def _in_row_slabs(n: int, vocab: int, sweep_rows: Callable[[int, int], None]) -> None:
+    """Calls sweep_rows(start, stop) on contiguous slabs covering [0, n), one per thread."""
     rows_per_chunk = max(1, CHUNK_ELEMENTS // vocab)
-    buf_all = torch.empty(min(n, rows_per_chunk), vocab, dtype=torch.float32, device=logits.device)
+    threads = min(torch.get_num_threads(), math.ceil(n / rows_per_chunk))
+    if threads <= 1:
+        sweep_rows(0, n)
+        return
+    bounds = [n * i // threads for i in range(threads + 1)]
+
+    def sweep_slab(start: int, stop: int) -> None:
+        with torch.no_grad():  # grad mode is per thread: a fresh thread has it on
+            sweep_rows(start, stop)
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(sweep_slab, bounds[:-1], bounds[1:]))
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _sweep(logits, targets, temperature, logp, entropy, row_start, row_stop):
+    """Walks rows [row_start, row_stop) chunk by chunk, filling logp and entropy (N,) and yielding, per
+    chunk: (start, stop, buf = z - max(z) with -inf moved to a finite value, p = softmax(z), mu - max(z),
+    valid). buf and p are the sweep's only chunk-sized fp32 temporaries, reused from chunk to chunk.
+    """
+    vocab = logits.shape[1]
+    rows_per_chunk = max(1, CHUNK_ELEMENTS // vocab)
+    buf_all = torch.empty(
+        min(row_stop - row_start, rows_per_chunk), vocab, dtype=torch.float32, device=logits.device
+    )
     expz_all = torch.empty_like(buf_all)
-    for start in range(0, n, rows_per_chunk):
-        stop = min(n, start + rows_per_chunk)
+    for start in range(row_start, row_stop, rows_per_chunk):
+        stop = min(row_stop, start + rows_per_chunk)
         chunk, buf, expz = logits[start:stop], buf_all[: stop - start], expz_all[: stop - start]
         buf.copy_(chunk)
         if temperature != 1.0:
@@ -68,8 +98,7 @@ def _sweep(
         buf.sub_(zmax).clamp_(min=_NEG_FINITE)
         torch.exp(buf, out=expz)
         sumexp = expz.sum(dim=-1)
-        # row-wise dot product without a chunk-sized temporary
-        shifted_mu = torch.bmm(expz.unsqueeze(1), buf.unsqueeze(2)).reshape(-1) / sumexp
+        shifted_mu = torch.linalg.vecdot(expz, buf) / sumexp
         log_sumexp = torch.log(sumexp)
         entropy[start:stop] = log_sumexp - shifted_mu
         chunk_targets = targets[start:stop]
@@ -87,8 +116,12 @@ def logprobs_and_entropy(
     """logits (N, V), targets (N,) int64 -> (logprobs, entropy), (N,) fp32 each."""
     logp = torch.empty(len(targets), dtype=torch.float32, device=logits.device)
     entropy = torch.empty_like(logp)
-    for _ in _sweep(logits, targets, temperature, logp, entropy):
-        pass
+
+    def sweep_rows(row_start: int, row_stop: int) -> None:
+        for _ in _sweep(logits, targets, temperature, logp, entropy, row_start, row_stop):
+            pass
+
+    _in_row_slabs(*logits.shape, sweep_rows)
     return logp, entropy
 
 
@@ -101,12 +134,7 @@ def entropy_pg_forward(
     ref_logprobs: torch.Tensor | None,
     *,
     temperature: float,
-    clip_low: float,
-    clip_high: float,
-    dual_clip: float | None,
-    kl_coef: float,
-    kl_estimator: str,
-    entropy_coef: float,
+    options: ObjectiveOptions,
     compute_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One sweep: (logprobs (N,) fp32, entropy (N,) fp32, dlogits (N, V) logits dtype or None).
@@ -120,26 +148,27 @@ def entropy_pg_forward(
     logp = torch.empty(len(targets), dtype=torch.float32, device=logits.device)
     entropy = torch.empty_like(logp)
     dlogits = torch.empty_like(logits, memory_format=torch.contiguous_format)
-    for start, stop, buf, p, shifted_mu, valid in _sweep(logits, targets, temperature, logp, entropy):
-        g = dobjective_dlogp(
-            logp[start:stop],
-            advantages[start:stop],
-            None if old_logprobs is None else old_logprobs[start:stop],
-            None if ref_logprobs is None else ref_logprobs[start:stop],
-            clip_low=clip_low,
-            clip_high=clip_high,
-            dual_clip=dual_clip,
-            kl_coef=kl_coef,
-            kl_estimator=kl_estimator,
-        )
-        scale = weights[start:stop] / temperature
-        # dl/dz_j = g (onehot_j - p_j) - h p_j (z_j - mu), h = -entropy_coef
-        term = buf.sub_(shifted_mu.unsqueeze(-1)).mul_(p).mul_(entropy_coef)
-        term.addcmul_(p, g.unsqueeze(-1), value=-1.0).mul_(scale.unsqueeze(-1))
-        # masked rows get an exact 0 even where their g is inf or nan
-        term.masked_fill_((scale == 0).unsqueeze(-1), 0.0)
-        local = torch.nonzero(valid & (scale != 0)).squeeze(-1)
-        cols = targets[start:stop][local]
-        term[local, cols] += g[local] * scale[local]
-        dlogits[start:stop].copy_(term)
+
+    def sweep_rows(row_start: int, row_stop: int) -> None:
+        sweep = _sweep(logits, targets, temperature, logp, entropy, row_start, row_stop)
+        for start, stop, buf, p, shifted_mu, valid in sweep:
+            g = dobjective_dlogp(
+                logp[start:stop],
+                advantages[start:stop],
+                None if old_logprobs is None else old_logprobs[start:stop],
+                None if ref_logprobs is None else ref_logprobs[start:stop],
+                options,
+            )
+            scale = weights[start:stop] / temperature
+            # dl/dz_j = g (onehot_j - p_j) - h p_j (z_j - mu), h = -entropy_coef
+            term = buf.sub_(shifted_mu.unsqueeze(-1)).mul_(p).mul_(options.entropy_coef)
+            term.addcmul_(p, g.unsqueeze(-1), value=-1.0).mul_(scale.unsqueeze(-1))
+            # masked rows get an exact 0 even where their g is inf or nan
+            term[scale == 0] = 0.0
+            local = torch.nonzero(valid & (scale != 0)).squeeze(-1)
+            cols = targets[start:stop][local]
+            term[local, cols] += g[local] * scale[local]
+            dlogits[start:stop].copy_(term)
+
+    _in_row_slabs(*logits.shape, sweep_rows)
     return logp, entropy, dlogits

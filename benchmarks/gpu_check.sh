@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine: build exprl._C with CUDA, run the CUDA tests and the benchmarks,
+# and write everything (logs, JSON, a Markdown summary) into $OUT.
+#
+#   OUT=/some/dir bash benchmarks/gpu_check.sh      # from the repository root
+#
+# Needs: python with torch (CUDA build), triton, pytest, pytest-benchmark, transformers; nvcc for the
+# extension (CUDA_HOME is autodetected). Needs no network and no deepspeed. Each step has its own time
+# limit so the whole script stays under 8 minutes; a failing step is recorded and the next one runs.
+set -u -o pipefail
+
+OUT=${OUT:-$PWD/gpu_check_out}
+PYTHON=${PYTHON:-python}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+SUMMARY="$OUT/summary.md"
+STATUS="$OUT/status.txt"
+: > "$STATUS"
+start_all=$(date +%s)
+
+step() {  # step NAME LIMIT_S COMMAND...: run with a time limit, log to $OUT/NAME.log, record the status
+  local name=$1 limit=$2
+  shift 2
+  local t0=$(date +%s)
+  echo "== $name (limit ${limit}s): $*" | tee -a "$OUT/$name.log"
+  timeout --kill-after=10 "$limit" "$@" >> "$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "$name rc=$rc seconds=$(( $(date +%s) - t0 ))" | tee -a "$STATUS"
+  return $rc
+}
+
+# CUDA_HOME: the first candidate with nvcc and the CUDA headers (an nvcc on PATH may be a wrapper script)
+cuda_candidates=("${CUDA_HOME:-}" "${CUDA_PATH:-}")
+if command -v nvcc > /dev/null 2>&1; then
+  cuda_candidates+=("$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")")
+fi
+cuda_candidates+=(/usr/local/cuda /usr/local/cuda-13* /usr/local/cuda-12* /opt/cuda)
+# pip wheels (nvidia-cuda-nvcc) put nvcc under site-packages/nvidia/*/bin
+while IFS= read -r d; do cuda_candidates+=("$d"); done < <("$PYTHON" - 2> /dev/null <<'PY'
+import glob, os, site
+for root in site.getsitepackages():
+    for nvcc in sorted(glob.glob(os.path.join(root, "nvidia", "*", "bin", "nvcc"))):
+        print(os.path.dirname(os.path.dirname(nvcc)))
+PY
+)
+unset CUDA_HOME
+for d in "${cuda_candidates[@]}"; do
+  if [ -n "$d" ] && [ -x "$d/bin/nvcc" ] && [ -f "$d/include/cuda_runtime.h" ]; then CUDA_HOME=$d; break; fi
+done
+if [ -n "${CUDA_HOME:-}" ]; then export CUDA_HOME PATH="$CUDA_HOME/bin:$PATH"; fi
+
+{
+  echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+  echo "host: $(hostname)"
+  echo "CUDA_HOME: ${CUDA_HOME:-not found}"
+  command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+  "$PYTHON" - <<'PY'
+import sys, torch
+print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda)
+try:
+    import triton
+    print("triton", triton.__version__)
+except ImportError:
+    print("triton not installed")
+print("device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "NO CUDA DEVICE")
+PY
+} > "$OUT/environment.txt" 2>&1
+cat "$OUT/environment.txt"
+
+# 1. the extension, with CUDA when nvcc exists (the batching ops fall back to torch without it)
+if [ -n "${CUDA_HOME:-}" ]; then
+  step build 180 env EXPRL_BUILD_CUDA=1 MAX_JOBS=16 "$PYTHON" setup.py build_ext --inplace
+else
+  echo "nvcc not found: building the CPU-only extension" | tee -a "$OUT/build.log"
+  step build 180 env EXPRL_BUILD_CUDA=0 MAX_JOBS=16 "$PYTHON" setup.py build_ext --inplace
+fi
+
+# 2. the CUDA tests of every stream (tests that need deepspeed must skip without it)
+step tests_cuda 180 "$PYTHON" -m pytest -m cuda -p no:cacheprovider -q -rs --durations=15 \
+  --continue-on-collection-errors --junitxml="$OUT/tests_cuda.xml" tests
+
+# 3. the loss benchmark at the H100 target shapes (N=8192, V=151936, bf16)
+step bench_loss 150 env EXPRL_BENCH_OUT="$OUT" "$PYTHON" -m pytest benchmarks/bench_loss.py \
+  --benchmark-enable -p no:cacheprovider -q --benchmark-json="$OUT/bench_loss_pytest_benchmark.json"
+
+# 4. the batching benchmark, when that stream has one
+if [ -f benchmarks/bench_batching.py ]; then
+  step bench_batching 90 env EXPRL_BENCH_OUT="$OUT" "$PYTHON" -m pytest benchmarks/bench_batching.py \
+    --benchmark-enable -p no:cacheprovider -q --benchmark-json="$OUT/bench_batching_pytest_benchmark.json"
+fi
+
+# 5. the summary: environment, step statuses, test counts, benchmark tables and the loss targets
+"$PYTHON" - "$OUT" > "$SUMMARY" 2>> "$OUT/summary_errors.log" <<'PY'
+import glob, json, os, sys, xml.etree.ElementTree as ET
+out = sys.argv[1]
+print("# exprl GPU check\n")
+print("```\n" + open(os.path.join(out, "environment.txt")).read().strip() + "\n```\n")
+print("## Steps\n")
+for line in open(os.path.join(out, "status.txt")):
+    print(f"- {line.strip()}")
+junit = os.path.join(out, "tests_cuda.xml")
+if os.path.exists(junit):
+    suites = ET.parse(junit).getroot()
+    suites = [suites] if suites.tag == "testsuite" else list(suites)
+    tot = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
+    print(f"\n## CUDA tests\n\n{tot['tests']} collected, {tot['failures']} failed, {tot['errors']} errors, "
+          f"{tot['skipped']} skipped (details: tests_cuda.log)")
+for md in sorted(glob.glob(os.path.join(out, "bench_*.md"))):
+    print("\n## " + os.path.basename(md) + "\n")
+    print(open(md).read())
+targets = {("loss fwd+bwd", "triton"): 3.0, ("logprobs_and_entropy fwd", "triton"): 0.9}
+for path in sorted(glob.glob(os.path.join(out, "bench_loss_cuda_*.json"))):
+    rows = json.load(open(path))["results"]
+    print("\n## Loss targets (H100: fwd+bwd <= 3.0 ms, logprobs_and_entropy fwd <= 0.9 ms, >= 10x eager)\n")
+    for r in rows:
+        if (r["case"], r["backend"]) in targets:
+            limit = targets[r["case"], r["backend"]]
+            ok = r["median_ms"] <= limit and (r.get("speedup") or 0) >= 10
+            print(f"- {r['case']} {r['dtype']} N={r['N']} V={r['V']}: {r['median_ms']:.3f} ms "
+                  f"(target {limit} ms), {r.get('speedup', 0):.1f}x eager, {r.get('gbps', 0):.0f} GB/s: "
+                  f"{'MET' if ok else 'NOT MET'}")
+PY
+echo "total seconds: $(( $(date +%s) - start_all ))" | tee -a "$STATUS" >> "$SUMMARY"
+cat "$SUMMARY"

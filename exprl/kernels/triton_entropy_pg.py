@@ -1,0 +1,199 @@
+"""`triton` backend of the loss op: one program per row, logits read in their own dtype.
+
+Matches `exprl.kernels.reference.logprobs_and_entropy` and the O(N*V) part of
+`exprl.kernels.reference.entropy_pg_loss` (the per-token objective is `reference.token_objective`).
+
+Per row, sweep 1 reads the logits once with an online log-sum-exp and a running sum of
+p_j (z_j - max), both in fp32 and in base 2 (one exp2 per element); then the row's log-prob,
+entropy and g = dl/dlogp are scalars. When the logits need a gradient, sweep 2 reads the row again
+and writes dlogits = w (g (onehot - p) - h p (z - mu)) / temperature, so a forward+backward costs
+two reads and one write of N x V and no N x V fp32 temporary exists. Temperature, clip bounds,
+coefficients and sizes are runtime arguments (no recompilation); row offsets are 64-bit.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from exprl.kernels.reference import IGNORE_INDEX, ObjectiveOptions
+
+# 4096 bf16 logits = 8 KiB per block: 16 elements (two 16-byte loads) per thread at 8 warps.
+MAX_BLOCK_V = 4096
+_KL_CODES = {"k1": 1, "k2": 2, "k3": 3}
+
+
+@triton.jit
+def _entropy_pg_kernel(
+    logits_ptr,
+    stride_logits,
+    targets_ptr,
+    weights_ptr,
+    advantages_ptr,
+    old_ptr,
+    ref_ptr,
+    logp_ptr,
+    entropy_ptr,
+    dlogits_ptr,
+    stride_dlogits,
+    vocab,
+    inv_temperature,
+    clip_low,
+    clip_high,
+    dual_clip,
+    kl_coef,
+    entropy_coef,
+    HAS_OLD: tl.constexpr,
+    HAS_REF: tl.constexpr,
+    USE_DUAL_CLIP: tl.constexpr,
+    KL_ESTIMATOR: tl.constexpr,
+    COMPUTE_GRAD: tl.constexpr,
+    IGNORE_INDEX: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
+    LOG2E: tl.constexpr = 1.4426950408889634
+    LN2: tl.constexpr = 0.6931471805599453
+    row = tl.program_id(0).to(tl.int64)
+    row_ptr = logits_ptr + row * stride_logits
+    cols = tl.arange(0, BLOCK_V)
+    # y = z * log2(e): base-2 units, so each element costs one exp2
+    scale = inv_temperature * LOG2E
+
+    # sweep 1: running max m (finite start so an all -inf block gives alpha = 1, not nan),
+    # per-lane sums s = sum 2^(y - m) and t = sum 2^(y - m) (y - m), rescaled when m grows
+    m = tl.max(tl.full([BLOCK_V], -3.0e38, tl.float32), axis=0)
+    s = tl.zeros([BLOCK_V], dtype=tl.float32)
+    t = tl.zeros([BLOCK_V], dtype=tl.float32)
+    for start in range(0, vocab, BLOCK_V):
+        idx = start + cols
+        y = tl.load(row_ptr + idx, mask=idx < vocab, other=float("-inf")).to(tl.float32) * scale
+        m_new = tl.maximum(m, tl.max(y, axis=0))
+        alpha = tl.exp2(m - m_new)
+        e = tl.exp2(y - m_new)
+        t = alpha * (t + (m - m_new) * s) + tl.where(e > 0.0, e * (y - m_new), 0.0)
+        s = alpha * s + e
+        m = m_new
+    sum_exp = tl.sum(s, axis=0)
+    log2_sum = tl.log2(sum_exp)
+    shifted_mu = tl.sum(t, axis=0) / sum_exp  # (mu - max) in base-2 units
+    entropy = LN2 * (log2_sum - shifted_mu)
+
+    target = tl.load(targets_ptr + row)
+    valid = target != IGNORE_INDEX
+    y_target = tl.load(row_ptr + tl.where(valid, target, 0)).to(tl.float32) * scale
+    logp = tl.where(valid, LN2 * (y_target - m - log2_sum), 0.0)
+    tl.store(logp_ptr + row, logp)
+    tl.store(entropy_ptr + row, entropy)
+
+    if COMPUTE_GRAD:
+        # g = dl/dlogp of reference.token_objective
+        adv = tl.load(advantages_ptr + row)
+        ratio = tl.exp(logp - tl.load(old_ptr + row)) if HAS_OLD else 1.0
+        pg_unclipped = -adv * ratio
+        pg_clipped = -adv * tl.minimum(tl.maximum(ratio, 1.0 - clip_low), 1.0 + clip_high)
+        active = pg_unclipped >= pg_clipped
+        if USE_DUAL_CLIP:
+            active = active & ((adv >= 0.0) | (-adv * dual_clip >= pg_unclipped))
+        g = tl.where(active, pg_unclipped, 0.0)
+        if HAS_REF:
+            d = tl.load(ref_ptr + row) - logp
+            if KL_ESTIMATOR == 1:
+                g += kl_coef
+            elif KL_ESTIMATOR == 2:
+                g += -kl_coef * d
+            else:
+                g += kl_coef * (1.0 - tl.exp(d))
+        row_scale = tl.load(weights_ptr + row) * inv_temperature
+        # dl/dz_j = -p_j (g + h ln2 (y_j - y_mu)) + g onehot_j, with h = -entropy_coef
+        lse2 = m + log2_sum
+        mu2 = m + shifted_mu
+        h_ln2 = -entropy_coef * LN2
+        grad_row_ptr = dlogits_ptr + row * stride_dlogits
+        for start in range(0, vocab, BLOCK_V):
+            idx = start + cols
+            in_row = idx < vocab
+            y = tl.load(row_ptr + idx, mask=in_row, other=float("-inf")).to(tl.float32) * scale
+            p = tl.exp2(y - lse2)
+            # p = 0 where y = -inf: its term is 0, not 0 * inf (nan rows keep their nan)
+            dz = tl.where(p == 0.0, 0.0, -p * (g + h_ln2 * (y - mu2)))
+            dz += tl.where(idx == target, g, 0.0)
+            # masked rows get an exact 0 even where their logits are inf or nan
+            dz = tl.where(row_scale == 0.0, 0.0, dz * row_scale)
+            tl.store(grad_row_ptr + idx, dz.to(dlogits_ptr.dtype.element_ty), mask=in_row)
+
+
+def _launch(logits, targets, weights, advantages, old, ref, temperature, options, compute_grad):
+    if logits.stride(-1) != 1:
+        logits = logits.contiguous()
+    # the kernel indexes the per-token vectors by row: unit stride (an expanded (B,) advantage has 0)
+    targets, weights, advantages, old, ref = (
+        None if v is None else v.contiguous() for v in (targets, weights, advantages, old, ref)
+    )
+    n, vocab = logits.shape
+    logp = torch.empty(n, dtype=torch.float32, device=logits.device)
+    entropy = torch.empty_like(logp)
+    dlogits = torch.empty_like(logits, memory_format=torch.contiguous_format) if compute_grad else None
+    if n == 0:
+        return logp, entropy, dlogits
+    block_v = min(MAX_BLOCK_V, triton.next_power_of_2(vocab))
+    num_warps = 8 if block_v >= 2048 else 4
+    placeholder = logp  # never read: the constexpr flags switch those loads off
+    use_ref = ref is not None and options.kl_coef != 0
+    _entropy_pg_kernel[(n,)](
+        logits,
+        logits.stride(0),
+        targets,
+        placeholder if weights is None else weights,
+        placeholder if advantages is None else advantages,
+        placeholder if old is None else old,
+        ref if use_ref else placeholder,
+        logp,
+        entropy,
+        placeholder if dlogits is None else dlogits,
+        vocab if dlogits is None else dlogits.stride(0),
+        vocab,
+        1.0 / temperature,
+        options.clip_low,
+        options.clip_high,
+        options.dual_clip or 0.0,
+        options.kl_coef,
+        options.entropy_coef,
+        HAS_OLD=old is not None,
+        HAS_REF=use_ref,
+        USE_DUAL_CLIP=options.dual_clip is not None,
+        KL_ESTIMATOR=_KL_CODES[options.kl_estimator],
+        COMPUTE_GRAD=compute_grad,
+        IGNORE_INDEX=IGNORE_INDEX,
+        BLOCK_V=block_v,
+        num_warps=num_warps,
+    )
+    return logp, entropy, dlogits
+
+
+def logprobs_and_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (N, V), targets (N,) int64 -> (logprobs, entropy), (N,) fp32 each; forward only."""
+    logp, entropy, _ = _launch(
+        logits, targets, None, None, None, None, temperature, ObjectiveOptions(), False
+    )
+    return logp, entropy
+
+
+def entropy_pg_forward(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor,
+    advantages: torch.Tensor,
+    old_logprobs: torch.Tensor | None,
+    ref_logprobs: torch.Tensor | None,
+    *,
+    temperature: float,
+    options: ObjectiveOptions,
+    compute_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Same contract as `exprl.kernels.torch_fused.entropy_pg_forward`: (logprobs, entropy, dlogits)."""
+    return _launch(
+        logits, targets, weights, advantages, old_logprobs, ref_logprobs, temperature, options, compute_grad
+    )
