@@ -8,7 +8,8 @@ Dtypes: token ids, `position_ids`, `attention_mask` int64; `response_mask` bool;
 int32 (flash-attn's convention); advantages float32.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,6 +26,7 @@ __all__ = [
     "backend",
     "batch_from_generation",
     "build_rollout_batch",
+    "extension_error",
     "group_advantages",
     "pack_sequences",
     "pad_sequences",
@@ -32,6 +34,7 @@ __all__ = [
     "segment_advantages",
     "split_generation",
     "unpack",
+    "use_backend",
 ]
 
 try:
@@ -47,8 +50,29 @@ def extension_error() -> str | None:
     return _EXT_ERROR
 
 
+_forced_backend: Literal["ext", "torch"] | None = None
+
+
+@contextmanager
+def use_backend(name: Literal["ext", "torch", "auto"]) -> Iterator[None]:
+    """Run the enclosed calls on the compiled ops ("ext"), the reference ("torch") or whichever
+    `backend()` picks ("auto"); for benchmarks and debugging. "ext" needs the extension built."""
+    global _forced_backend
+    if name not in ("ext", "torch", "auto"):
+        raise ValueError(f"backend must be 'ext', 'torch' or 'auto', got {name!r}")
+    if name == "ext" and _EXT_ERROR is not None:
+        raise RuntimeError(_EXT_ERROR)
+    previous, _forced_backend = _forced_backend, None if name == "auto" else name
+    try:
+        yield
+    finally:
+        _forced_backend = previous
+
+
 def backend(device: torch.device | str = "cpu") -> Literal["ext", "torch"]:
-    """ "ext" when the compiled ops serve tensors on `device`, else "torch" (the reference)."""
+    """Which ops serve tensors on `device`: "ext" (exprl._C) or "torch" (the reference)."""
+    if _forced_backend is not None:
+        return _forced_backend
     if _EXT_ERROR is not None:
         return "torch"
     dispatch_key = "CUDA" if torch.device(device).type == "cuda" else "CPU"
@@ -117,8 +141,8 @@ def _check_side(side: str, name: str) -> bool:
     return side == "left"
 
 
-def _flatten(seqs: Sequence[Tensor], name: str, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
-    """Concatenate 1-D int64 token tensors -> (flat (N,) int64, cu_seqlens (B+1,) int64 on CPU)."""
+def _check_token_lists(seqs: Sequence[Tensor], name: str, device: torch.device | None = None) -> list[int]:
+    """Lengths of B 1-D int64 token tensors, all on one device (`device` when given)."""
     if isinstance(seqs, Tensor) or not isinstance(seqs, Sequence):
         raise TypeError(f"{name} must be a list of 1-D int64 tensors, got {type(seqs).__name__}")
     lengths = []
@@ -134,13 +158,23 @@ def _flatten(seqs: Sequence[Tensor], name: str, device: torch.device | None = No
         elif seq.device != device:
             raise ValueError(f"{name}[{index}] is on {seq.device} but the batch is on {device}")
         lengths.append(seq.numel())
-    device = torch.device("cpu") if device is None else device
+    return lengths
+
+
+def _flatten(seqs: Sequence[Tensor], name: str, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+    """Concatenate 1-D int64 token tensors -> (flat (N,) int64, cu_seqlens (B+1,) int64 on CPU)."""
+    lengths = _check_token_lists(seqs, name, device)
+    device = seqs[0].device if seqs else device or torch.device("cpu")
     flat = torch.cat(list(seqs)) if seqs else torch.empty(0, dtype=torch.long, device=device)
     if flat.numel() > 0 and bool((flat < 0).any()):
         raise ValueError(f"{name} contains negative token ids")
-    cu_seqlens = torch.zeros(len(lengths) + 1, dtype=torch.long)
+    return flat, _offsets(lengths)
+
+
+def _offsets(lengths: list[int], dtype: torch.dtype = torch.long) -> Tensor:
+    cu_seqlens = torch.zeros(len(lengths) + 1, dtype=dtype)
     torch.cumsum(torch.tensor(lengths, dtype=torch.long), 0, out=cu_seqlens[1:])
-    return flat, cu_seqlens
+    return cu_seqlens
 
 
 def _check_cu_seqlens(
@@ -198,32 +232,34 @@ def build_rollout_batch(
     left = _check_side(pad_side, "pad_side")
     if not isinstance(pad_id, int) or pad_id < 0:
         raise ValueError(f"pad_id must be a non-negative int, got {pad_id!r}")
-    prompt_ids, prompt_cu = _flatten(prompts, "prompts")
-    response_ids, response_cu = _flatten(responses, "responses", prompt_ids.device if prompts else None)
+    prompt_lengths = _check_token_lists(prompts, "prompts")
+    device = prompts[0].device if prompts else None
+    response_lengths = _check_token_lists(responses, "responses", device)
     if len(prompts) != len(responses):
         raise ValueError(f"prompts has {len(prompts)} sequences but responses has {len(responses)}")
-    device = prompt_ids.device if prompts else response_ids.device
-    prompt_lengths = prompt_cu[1:] - prompt_cu[:-1]
-    response_lengths = response_cu[1:] - response_cu[:-1]
-    lengths = prompt_lengths + response_lengths
-    max_len = int(lengths.max()) if lengths.numel() > 0 else 0
-    outputs = _ops(device).rollout_batch(
-        prompt_ids,
-        prompt_cu.to(device),
-        response_ids,
-        response_cu.to(device),
-        pad_id,
-        max_len,
-        layout == "packed",
-        left,
-    )
-    cu_seqlens = torch.zeros(len(prompts) + 1, dtype=torch.int32)
-    torch.cumsum(lengths, 0, out=cu_seqlens[1:])
+    device = device or (responses[0].device if responses else torch.device("cpu"))
+    lengths = [p + r for p, r in zip(prompt_lengths, response_lengths, strict=True)]
+    if prompts and device.type == "cpu" and backend(device) == "ext":
+        # Reads the lists in place; checks for negative ids while it copies.
+        outputs = torch.ops.exprl.rollout_batch_lists(prompts, responses, pad_id, layout == "packed", left)
+    else:
+        prompt_ids, prompt_cu = _flatten(prompts, "prompts", device)
+        response_ids, response_cu = _flatten(responses, "responses", device)
+        outputs = _ops(device).rollout_batch(
+            prompt_ids,
+            prompt_cu.to(device),
+            response_ids,
+            response_cu.to(device),
+            pad_id,
+            max(lengths, default=0),
+            layout == "packed",
+            left,
+        )
     return RolloutBatch(
         *outputs,
-        cu_seqlens=cu_seqlens.to(device),
-        prompt_lengths=prompt_lengths.to(device),
-        response_lengths=response_lengths.to(device),
+        cu_seqlens=_offsets(lengths, torch.int32).to(device),
+        prompt_lengths=torch.tensor(prompt_lengths, dtype=torch.long, device=device),
+        response_lengths=torch.tensor(response_lengths, dtype=torch.long, device=device),
         truncated=_truncated_flags(truncated, len(prompts), device),
         layout=layout,
         pad_side=pad_side,
@@ -305,7 +341,8 @@ def batch_from_generation(
     ops = _ops(sequences.device)
     response_lengths, truncated = ops.generation_lengths(sequences, prompt_width, eos_id)
     lengths = prompt_lengths + response_lengths
-    max_len = int(lengths.max()) if lengths.numel() > 0 else 0
+    # The padded width costs a device sync: only the padded layout needs it.
+    max_len = int(lengths.max()) if layout == "padded" and lengths.numel() > 0 else 0
     outputs = ops.rollout_from_generation(
         sequences, prompt_lengths, response_lengths, prompt_width, pad_id, max_len, layout == "packed", left
     )

@@ -30,22 +30,36 @@ def _token_rows(cu_seqlens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return rows, positions, lengths
 
 
-def _padded_columns(rows: Tensor, positions: Tensor, lengths: Tensor, max_len: int, left: bool) -> Tensor:
-    return positions + (max_len - lengths[rows]) if left else positions
+def _padded_source(cu_seqlens: Tensor, max_len: int, left: bool) -> tuple[Tensor, Tensor]:
+    """For each slot of the (B, max_len) layout: the packed index it shows and whether it is a token."""
+    cu = cu_seqlens.long()
+    lengths = cu[1:] - cu[:-1]
+    offsets = torch.arange(max_len, device=cu.device)[None, :]
+    if left:
+        offsets = offsets - (max_len - lengths)[:, None]
+    is_token = (offsets >= 0) & (offsets < lengths[:, None])
+    return torch.where(is_token, cu[:-1, None] + offsets, 0), is_token
+
+
+def _gather_padded(values: Tensor, source: Tensor, is_token: Tensor, pad_value: float) -> Tensor:
+    if values.shape[0] == 0:
+        return values.new_full((*source.shape, *values.shape[1:]), pad_value)
+    is_token = is_token.view(*is_token.shape, *([1] * (values.dim() - 1)))
+    return torch.where(
+        is_token, values[source], torch.tensor(pad_value, dtype=values.dtype, device=values.device)
+    )
 
 
 def unpack(values: Tensor, cu_seqlens: Tensor, max_len: int, pad_value: float, left: bool) -> Tensor:
     """values (N, *rest) packed -> (B, max_len, *rest), `pad_value` where a row has no token."""
-    rows, positions, lengths = _token_rows(cu_seqlens)
-    out = values.new_full((lengths.numel(), max_len, *values.shape[1:]), pad_value)
-    out[rows, _padded_columns(rows, positions, lengths, max_len, left)] = values
-    return out
+    return _gather_padded(values, *_padded_source(cu_seqlens, max_len, left), pad_value)
 
 
 def repack(padded: Tensor, cu_seqlens: Tensor, left: bool) -> Tensor:
     """padded (B, L, *rest) -> (N, *rest): the inverse of `unpack` (padding dropped)."""
     rows, positions, lengths = _token_rows(cu_seqlens)
-    return padded[rows, _padded_columns(rows, positions, lengths, padded.shape[1], left)]
+    columns = positions + (padded.shape[1] - lengths[rows]) if left else positions
+    return padded[rows, columns]
 
 
 def rollout_batch(
@@ -91,12 +105,13 @@ def rollout_batch(
     attention_mask = torch.ones(total, dtype=torch.long, device=device)
     if packed:
         return input_ids, attention_mask, positions, response_mask, target_ids
+    source, is_token = _padded_source(cu, max_len, left)
     return (
-        unpack(input_ids, cu, max_len, pad_id, left),
-        unpack(attention_mask, cu, max_len, 0, left),
-        unpack(positions, cu, max_len, 0, left),
-        unpack(response_mask, cu, max_len, False, left),
-        unpack(target_ids, cu, max_len, IGNORE_INDEX, left),
+        _gather_padded(input_ids, source, is_token, pad_id),
+        is_token.long(),
+        _gather_padded(positions, source, is_token, 0),
+        _gather_padded(response_mask, source, is_token, False),
+        _gather_padded(target_ids, source, is_token, IGNORE_INDEX),
     )
 
 
@@ -162,6 +177,8 @@ def group_advantages(rewards: Tensor, group_size: int, scale: bool, eps: float) 
     a group of one.
     """
     grouped = rewards.float().view(-1, group_size)
+    if grouped.numel() == 0:
+        return grouped.reshape(-1)
     centred = grouped - grouped.mean(dim=1, keepdim=True)
     if scale:
         std = grouped.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(centred)
