@@ -26,7 +26,21 @@ def grade_to_reward(grade: int) -> float:
     return (grade - 1) / 4
 
 
-class ModelJudge:
+class Judge:
+    """What judges share: `mode` "outcome" (granularity "response") or "process" ("segment", split at
+    `delimiter`), and a `counters` dict."""
+
+    name = "judge"
+
+    def __init__(self, mode: str = "outcome", delimiter: str = DEFAULT_DELIMITER) -> None:
+        self.mode = check_mode(mode)
+        split_segments("", delimiter)  # validates the delimiter
+        self.delimiter = delimiter
+        self.granularity = "response" if mode == "outcome" else "segment"
+        self.counters: dict[str, int] = {}
+
+
+class ModelJudge(Judge):
     """A judge backed by a language model: builds one prompt per response (outcome) or per non-empty
     segment (process), asks `complete` for all of them at once, parses each final "Score: k".
 
@@ -40,11 +54,8 @@ class ModelJudge:
     name = "model"
 
     def __init__(self, mode: str = "outcome", delimiter: str = DEFAULT_DELIMITER) -> None:
-        self.mode = check_mode(mode)
-        split_segments("", delimiter)  # validates the delimiter
-        self.delimiter = delimiter
-        self.granularity = "response" if mode == "outcome" else "segment"
-        self.counters: dict[str, int] = {"requests": 0, "unparsed": 0, "ungraded": 0}
+        super().__init__(mode, delimiter)
+        self.counters.update({"requests": 0, "unparsed": 0, "ungraded": 0})
 
     def complete(self, conversations: Sequence[Messages]) -> list[str | None]:
         raise NotImplementedError

@@ -4,7 +4,8 @@ A key result is an equation "lhs=rhs" (one per reference step) plus the final an
 response is an equation ("lhs=rhs": lhs before its first "=", rhs after its last) or its final answer
 (`extract_answer`). Left-hand sides compare with all whitespace removed; values with `same_answer`
 (normalised text, numbers by value). A claim
-  * establishes a key result when it has the same lhs and the same value (or is the right final answer);
+  * establishes a key result when it has the same lhs and the same value (or is the right final answer;
+    one claim establishes one key result, so a step the reference repeats must be stated twice);
   * contradicts it when it has the same lhs and a different value (or is a wrong final answer);
   * supports one when it is neither but its value equals some key result's value (a result restated, or
     reached by another expression).
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 
 from exprl.rewards.answers import extract_answer, same_answer
 from exprl.rewards.base import Rollout
-from exprl.rewards.judge import EMPTY_SEGMENT_GRADE, check_mode, grade_to_reward
+from exprl.rewards.judge import EMPTY_SEGMENT_GRADE, Judge, grade_to_reward
 from exprl.rewards.segments import DEFAULT_DELIMITER, split_segments
 
 ANSWER = "Answer"  # the quantity name of the final answer, distinct from any whitespace-free lhs
@@ -69,9 +70,19 @@ def _matches(claim: Claim, keys: Sequence[Claim], same_value: bool) -> set[int]:
     }
 
 
+def _establish(said: Sequence[Claim], keys: Sequence[Claim], established: set[int]) -> set[int]:
+    """Key results newly established by `said`: each claim establishes at most one, the first it matches
+    that is not yet established (a reference may repeat a step; saying it once earns it once)."""
+    new: set[int] = set()
+    for claim in said:
+        free = sorted(_matches(claim, keys, True) - established - new)
+        new |= set(free[:1])
+    return new
+
+
 def outcome_grade(response: str, keys: Sequence[Claim], delimiter: str) -> int:
     said = claims(response, delimiter)
-    established = set().union(*(_matches(c, keys, True) for c in said))
+    established = _establish(said, keys, set())
     contradicted = set().union(*(_matches(c, keys, False) for c in said))
     grade = 1 + (4 * len(established - contradicted)) // len(keys)
     return max(1, grade - 1) if contradicted else grade
@@ -82,7 +93,7 @@ def process_grades(response: str, keys: Sequence[Claim], delimiter: str) -> list
     grades, established = [], set()
     for segment in split_segments(response, delimiter):
         said = claims(segment, delimiter)
-        new = set().union(*(_matches(c, keys, True) for c in said)) - established
+        new = _establish(said, keys, established)
         if any(_matches(c, keys, False) for c in said):
             grades.append(1)
         elif not segment:
@@ -97,17 +108,10 @@ def process_grades(response: str, keys: Sequence[Claim], delimiter: str) -> list
     return grades
 
 
-class RubricJudge:
+class RubricJudge(Judge):
     """Grades against the reference's key results, as the module docstring defines; needs no model."""
 
     name = "rubric"
-
-    def __init__(self, mode: str = "outcome", delimiter: str = DEFAULT_DELIMITER) -> None:
-        self.mode = check_mode(mode)
-        split_segments("", delimiter)  # validates the delimiter
-        self.delimiter = delimiter
-        self.granularity = "response" if mode == "outcome" else "segment"
-        self.counters: dict[str, int] = {}
 
     def score(self, batch: Sequence[Rollout]) -> list[float | list[float]]:
         scores = []

@@ -37,7 +37,8 @@ def token_segment_ids(
     response_ids: LongTensor[R] (no padding). Returns LongTensor[R], non-decreasing, with values in
     [0, D] where D = number of delimiters in `tokenizer.decode(response_ids, skip_special_tokens=True)`
     (the text `split_segments` sees). When the response ends with a delimiter, the last (empty) segment
-    has no tokens. Special tokens (e.g. eos) join the segment they follow.
+    has no tokens. Special tokens (e.g. eos) join the segment they follow, and a token that straddles
+    the end of a delimiter (e.g. a BPE token "####") joins the segment that delimiter closes.
 
     Cost: O(D log R) prefix decodes (a binary search per delimiter), not one decode per token.
     """
