@@ -33,7 +33,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train: str = "builtin:all:3:train:512"  # exprl.data.load_problems source
+    train: str = "builtin:all:3:train:256"  # exprl.data.load_problems source
     shuffle: bool = True
 
 
@@ -63,7 +63,7 @@ class AlgoConfig:
     scale: Literal["std", "none"] = "std"  # grpo: divide by the group's std or not
     ppo_epochs: int = 1
     mini_batches: int = 1  # optimizer steps per PPO epoch
-    micro_batch_size: int = 8  # sequences per forward/backward on one rank
+    micro_batch_size: int = 16  # sequences per forward/backward on one rank
     clip_low: float = 0.2
     clip_high: float = 0.28
     dual_clip: float | None = 3.0
@@ -76,7 +76,7 @@ class AlgoConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-5
+    lr: float = 1e-4
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
@@ -86,15 +86,15 @@ class OptimConfig:
 
 @dataclass
 class SFTConfig:
-    epochs: int = 1
-    batch_size: int = 16  # global sequences per optimizer step
+    batch_size: int = 16  # global sequences per optimizer step (steps = the run's `steps`)
     micro_batch_size: int = 8
 
 
 @dataclass
 class EvalConfig:
     enabled: bool = True  # evaluate before and after training
-    problems: list[str] = field(default_factory=list)  # load_problems sources; split taken from each
+    # load_problems sources; each problem's split ("test", "ood") names its row in the report
+    problems: list[str] = field(default_factory=lambda: ["builtin:all:3:test:64", "builtin:all:3:ood:64"])
     n: int = 8  # samples per problem
     ks: list[int] = field(default_factory=lambda: [1, 8])
     temperature: float = 1.0  # 0 = greedy
@@ -110,12 +110,15 @@ class DeepSpeedConfig:
 
 @dataclass
 class TrainConfig:
+    """The whole run. Its defaults are the embedded default run (`exprl train` with no arguments):
+    ExpRL-Outcome with the rubric judge on the hard level (3) from the shipped tiny model, on CPU."""
+
     name: str = "exprl-outcome-tiny"
     method: Literal["rl", "sft"] = "rl"
     seed: int = 0
-    steps: int = 20  # rl: rollout steps; sft: ignored (epochs decide)
+    steps: int = 40  # optimizer steps (rl: one rollout batch each; sft: one sft.batch_size batch each)
     output_dir: str = "runs"
-    checkpoint_every: int = 0  # 0 = only at the end
+    checkpoint_every: int = 20  # 0 = only at the end
     resume: Literal["auto", "never"] = "auto"  # auto: continue from runs/<name>/checkpoints if present
     export: bool = True  # Hugging Face export of the final policy to runs/<name>/export
     progress: bool = True
@@ -200,7 +203,7 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
     for key, v in (("rollout.prompts_per_step", r.prompts_per_step), ("rollout.group_size", r.group_size),
                    ("rollout.max_new_tokens", r.max_new_tokens), ("algo.ppo_epochs", a.ppo_epochs),
                    ("algo.mini_batches", a.mini_batches), ("algo.micro_batch_size", a.micro_batch_size),
-                   ("sft.epochs", cfg.sft.epochs), ("sft.batch_size", cfg.sft.batch_size),
+                   ("sft.batch_size", cfg.sft.batch_size),
                    ("sft.micro_batch_size", cfg.sft.micro_batch_size), ("eval.n", cfg.eval.n),
                    ("eval.max_new_tokens", cfg.eval.max_new_tokens), ("eval.batch_size", cfg.eval.batch_size)):
         if v < 1:
@@ -216,6 +219,7 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
     for key, name in (("reward.name", cfg.reward.name), ("reward.sparse", cfg.reward.sparse)):
         if name not in REWARDS:
             fail(key, f"unknown reward {name!r}; choose one of {', '.join(sorted(REWARDS))}")
+    _check_reward_options(cfg, fail)
     if cfg.reward.mode == "process" and cfg.reward.name not in JUDGES:
         fail("reward.mode", f"process rewards need a judge ({', '.join(JUDGES)}), not {cfg.reward.name!r}")
     if a.advantage not in ADVANTAGES:
@@ -243,6 +247,23 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
         fail("eval.problems", "list at least one problem source, or set eval.enabled: false")
     if cfg.deepspeed.config is not None and not pathlib.Path(cfg.deepspeed.config).is_file():
         fail("deepspeed.config", f"file not found: {cfg.deepspeed.config}")
+
+
+def _check_reward_options(cfg: TrainConfig, fail) -> None:
+    """reward.options must be keyword arguments of the reward's constructor (checked without building it:
+    a model judge would load its model)."""
+    import importlib
+    import inspect
+
+    from exprl.rewards import REWARDS
+
+    module, cls_name = REWARDS[cfg.reward.name]
+    params = inspect.signature(getattr(importlib.import_module(module), cls_name)).parameters
+    accepted = {p for p in params if p != "self"} - {"mode", "delimiter"}
+    for key in cfg.reward.options:
+        if key not in accepted:
+            fail(f"reward.options.{key}", f"not an option of reward {cfg.reward.name!r} "
+                 f"(it takes: {', '.join(sorted(accepted))}; mode and delimiter come from reward.mode/delimiter)")
 
 
 def batch_layout(cfg: TrainConfig, world_size: int, source: str = "<config>") -> tuple[int, int]:

@@ -136,12 +136,14 @@ def deepspeed_config(cfg: TrainConfig, micro_batch_size: int, grad_accum: int, w
                     "torch_adam": True,
                 },
             }
+        if with_optimizer and cfg.optim.warmup_steps > 0:
+            # DeepSpeed's linear warmup: lr grows from 0 (first update) to optim.lr over warmup_steps updates
             ds["scheduler"] = {
                 "type": "WarmupLR",
                 "params": {
                     "warmup_min_lr": 0.0,
                     "warmup_max_lr": cfg.optim.lr,
-                    "warmup_num_steps": max(cfg.optim.warmup_steps, 1),
+                    "warmup_num_steps": cfg.optim.warmup_steps,
                     "warmup_type": "linear",
                 },
             }

@@ -50,8 +50,8 @@ def evaluate_policy(engine, tokenizer, cfg: TrainConfig, stage: str) -> dict[str
     """pass@k of the current policy on `cfg.eval.problems` (rank 0 samples with the parameters gathered;
     the other ranks wait). Returns the report as a dict (`EvalReport.to_dict()`), the same on all ranks,
     and writes runs/<name>/eval_<stage>.json."""
-    from exprl.eval import evaluate
-    from exprl.train.rollout import generation_mode
+    from exprl.eval.evaluation import evaluate
+    from exprl.train.rollout import generation_mode, prompt_text
 
     result: list[Any] = [None]
     with generation_mode(engine, gather_parameters=True) as model:
@@ -59,7 +59,8 @@ def evaluate_policy(engine, tokenizer, cfg: TrainConfig, stage: str) -> dict[str
             e = cfg.eval
             report = evaluate(model, tokenizer, eval_problems(cfg), n=e.n, ks=e.ks, temperature=e.temperature,
                               max_new_tokens=e.max_new_tokens, seed=cfg.seed, batch_size=e.batch_size,
-                              verifier=cfg.reward.sparse, progress=False)
+                              verifier=cfg.reward.sparse, progress=False,
+                              format_prompt=lambda p: prompt_text(p, tokenizer, cfg.model.chat_template))
             result[0] = report.to_dict()
             cfg.run_dir.mkdir(parents=True, exist_ok=True)
             (cfg.run_dir / f"eval_{stage}.json").write_text(json.dumps(result[0], indent=2))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -96,20 +95,14 @@ def score(rollouts: Rollouts, judge: RewardSource, verifier: RewardSource) -> No
     """Fill `rollouts.scores` (judge) and `rollouts.correct` (sparse verifier) in place.
 
     Contract (DESIGN §1): a truncated rollout gets reward 0 (per segment: all zeros, so all its process
-    advantages are 0); a rollout the judge cannot grade (None, or a judge exception) is dropped (None).
-    A segment list whose length disagrees with the response's segments is also dropped.
+    advantages are 0); a rollout the judge cannot grade (None) is dropped (None), as is a segment list
+    whose length disagrees with the response's segments. A judge that raises is a bug: the error propagates.
     """
     from exprl.rewards.segments import split_segments
 
     batch = [Rollout(p, t, tr) for p, t, tr in zip(rollouts.problems, rollouts.texts, rollouts.truncated,
                                                    strict=True)]
-    try:
-        scores = list(judge.score(batch))
-    except Exception as error:  # noqa: BLE001 - a failing judge drops the batch, never kills the run
-        judge.counters["exception"] = judge.counters.get("exception", 0) + len(batch)
-        warnings.warn(f"reward {judge.name!r} failed on a batch of {len(batch)}: {error!r}; rollouts dropped",
-                      stacklevel=2)
-        scores = [None] * len(batch)
+    scores = list(judge.score(batch))
     if len(scores) != len(batch):
         raise ValueError(f"reward {judge.name!r} returned {len(scores)} scores for {len(batch)} rollouts")
     delimiter = getattr(judge, "delimiter", "###")

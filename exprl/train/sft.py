@@ -66,7 +66,8 @@ def sft_loss_step(engine, examples: list[tuple[torch.Tensor, torch.Tensor]], pad
 
 
 def run_sft(cfg: TrainConfig) -> pathlib.Path:
-    """Supervised fine-tuning on `cfg.data.train` references for `cfg.sft.epochs`; returns the run dir."""
+    """Supervised fine-tuning on the `cfg.data.train` references for `cfg.steps` optimizer steps of
+    `cfg.sft.batch_size` examples (epochs follow each other in seeded orders); returns the run dir."""
     rank, world = init_distributed()
     seed_everything(cfg.seed)
     run_dir, ckpt_dir = cfg.run_dir, cfg.run_dir / "checkpoints"
@@ -74,10 +75,8 @@ def run_sft(cfg: TrainConfig) -> pathlib.Path:
     model, tokenizer = load_policy(cfg)
     problems = load_problems(cfg.data.train, seed=cfg.seed)
     examples = sft_examples(problems, tokenizer, cfg)
-    steps_per_epoch = len(examples) // cfg.sft.batch_size
-    if steps_per_epoch == 0:
+    if len(examples) < cfg.sft.batch_size:
         raise ValueError(f"data.train: {len(examples)} examples, fewer than sft.batch_size={cfg.sft.batch_size}")
-    total_steps = steps_per_epoch * cfg.sft.epochs
     engine = build_engine(model, deepspeed_config(cfg, cfg.sft.micro_batch_size, grad_accum, world))
 
     state: dict[str, Any] = {"step": 0, "eval_before": None}
@@ -92,10 +91,9 @@ def run_sft(cfg: TrainConfig) -> pathlib.Path:
         state["eval_before"] = report.evaluate_policy(engine, tokenizer, cfg, stage="before")
     logger = report.make_logger(run_dir, rank)
     bar = report.progress(cfg, start=state["step"], enabled=rank == 0 and cfg.progress)
-    bar.total = total_steps
     saved_at = state["step"] if tag is not None else -1
     engine.train()
-    for step in range(state["step"], total_steps):
+    for step in range(state["step"], cfg.steps):
         # the same seeded epoch permutation as the RL loop: the data position is the step
         indices = step_prompts(len(examples), cfg.sft.batch_size, step, cfg.seed, cfg.data.shuffle)
         mine = indices[rank * per_rank:(rank + 1) * per_rank]
@@ -106,7 +104,7 @@ def run_sft(cfg: TrainConfig) -> pathlib.Path:
         (tokens,) = _global_sum([float(sum(len(examples[i][0]) + len(examples[i][1]) for i in mine))])
         norm = engine.get_global_grad_norm()
         metrics = {"loss": loss, "grad_norm": float(norm) if norm is not None else float("nan"),
-                   "lr": float(engine.get_lr()[0]), "epoch": (step + 1) / steps_per_epoch,
+                   "lr": float(engine.get_lr()[0]), "epoch": (step + 1) * cfg.sft.batch_size / len(examples),
                    "time/training": elapsed, "throughput/trained_tokens_per_s": tokens / max(elapsed, 1e-9)}
         logger.log(step + 1, metrics)
         bar.update(1)
