@@ -2,8 +2,10 @@
 
 Every family has difficulty levels 1..4 (more steps or more digits as the level rises) and three splits:
 "train" and "test" draw from the same distribution and never share a problem (a problem's split is fixed
-by a hash of its prompt), while "ood" problems lie outside every training level: one more step than the
-level (chain, add, word), or surface forms never produced for "train"/"test" (linear, word).
+by a hash of its prompt), while "ood" problems at level L lie outside every training level: a surface form
+that "train"/"test" never produce (chain: a two-digit starting number; add: a first number one digit
+longer than the second; linear: the unknown on the right-hand side; word: unseen names, items and verbs),
+and, except for linear, one step more than level L.
 Generation is a pure function of (family, level, split, seed, n).
 """
 
@@ -25,7 +27,7 @@ _Draw = tuple[str, tuple[str, ...], str]
 def _chain(rng: random.Random, level: int, ood: bool) -> _Draw:
     """Chained arithmetic evaluated left to right, parenthesised so Python's precedence agrees."""
     n_ops = level + 1 + int(ood)
-    value = rng.randint(1, 9)
+    value = rng.randint(10, 19) if ood else rng.randint(1, 9)
     expr, top_level_add_sub = str(value), False
     steps = []
     for _ in range(n_ops):
@@ -45,12 +47,13 @@ def _chain(rng: random.Random, level: int, ood: bool) -> _Draw:
 
 
 def _add(rng: random.Random, level: int, ood: bool) -> _Draw:
-    """Column addition of two equal-length numbers; each step adds one column and its carry."""
-    digits = level + 1 + int(ood)
-    lo, hi = 10 ** (digits - 1), 10**digits - 1
-    a, b = rng.randint(lo, hi), rng.randint(lo, hi)
+    """Column addition; each step adds one column and its carry ("ood": the first number has one digit
+    more than the second, whose missing digit is written as 0 in the top column's step)."""
+    digits = level + 1
+    a = rng.randint(10 ** (digits - 1 + ood), 10 ** (digits + ood) - 1)
+    b = rng.randint(10 ** (digits - 1), 10**digits - 1)
     steps, carry = [], 0
-    for da, db in zip(reversed(str(a)), reversed(str(b)), strict=True):
+    for da, db in zip(reversed(str(a)), reversed(str(b).rjust(len(str(a)), "0")), strict=True):
         total = int(da) + int(db) + carry
         steps.append(f"{da}+{db}+1={total}" if carry else f"{da}+{db}={total}")
         carry = total // 10
@@ -207,7 +210,7 @@ def builtin_problems(family: str | None, level: int, split: str, n: int, seed: i
     problems: list[Problem] = []
     seen: set[str] = set()
     stream = iter_problems(family, level, split, seed)
-    max_draws = 200 * n + 1000
+    max_draws = 20 * n + 1000  # enough to collect nearly every problem of a small space
     for _ in range(max_draws):
         if len(problems) == n:
             break
