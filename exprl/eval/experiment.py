@@ -73,6 +73,7 @@ class ExperimentConfig:
     # Compute-table columns: label -> metric expressions ("name" or "a*b", a per-step product), the first
     # one a run logged is summed over its steps (SFT and RL runs log their token counts differently).
     token_counts: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # printed under the compute table (what the counts mean)
 
 
 @dataclass
@@ -207,7 +208,7 @@ def parse_config(data: Any, source: str = "<dict>", base_dir: Path | None = None
     report = data.get("report", {}) or {}
     if not isinstance(report, dict):
         raise TypeError(f"{source}: 'report' must be a mapping")
-    unknown = set(report) - {"reward_metric", "entropy_metric", "token_counts"}
+    unknown = set(report) - {"reward_metric", "entropy_metric", "token_counts", "notes"}
     if unknown:
         raise ValueError(f"{source}: report: unknown keys {sorted(unknown)}")
     token_counts = report.get("token_counts", {}) or {}
@@ -233,6 +234,7 @@ def parse_config(data: Any, source: str = "<dict>", base_dir: Path | None = None
         reward_metric=str(report.get("reward_metric", "reward/mean")),
         entropy_metric=str(report.get("entropy_metric", "entropy")),
         token_counts=token_counts,
+        notes=_str_list(report, "notes", f"{source}: report"),
     )
 
 
@@ -645,6 +647,7 @@ def write_report(
         ]
     if sources:
         lines += ["Counted from a fallback expression: " + "; ".join(sources) + "."]
+    lines += [f"{note}" for note in cfg.notes]
     if mismatched:
         lines += [
             "",
