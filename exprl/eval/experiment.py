@@ -122,12 +122,11 @@ def _str_list(data: dict, key: str, where: str) -> list[str]:
 
 
 def _resolve(path: str, base_dir: Path, where: str) -> Path:
-    # Trainer configs are named relative to the working directory (usually the repository root);
-    # fall back to the experiment file's own directory.
-    for candidate in (Path(path), base_dir / path):
+    # Relative to the experiment file (so the command works from any directory), else to the cwd.
+    for candidate in (base_dir / path, Path(path)):
         if candidate.is_file():
-            return candidate
-    raise ValueError(f"{where}: config file {path!r} not found (looked in . and {base_dir})")
+            return candidate.resolve()
+    raise ValueError(f"{where}: config file {path!r} not found (looked in {base_dir} and .)")
 
 
 def _stage_settings(data: Any, where: str, base_dir: Path, allow_none: bool) -> StageSettings:
