@@ -39,6 +39,7 @@ stage1:
   grpo: {{config: {tmp_path / "grpo.yaml"}}}
   exprl-outcome: {{config: {tmp_path / "outcome.yaml"}}}
   exprl-process: {{config: {tmp_path / "process.yaml"}}}
+  self-distill: {{config: {tmp_path / "sft.yaml"}, kind: self-distill}}
 stage2: {{config: {tmp_path / "grpo.yaml"}}}
 eval: {{tasks: ["builtin:all:1:test:3", "builtin:all:1:ood:3"], n: 4, ks: [1, 4], max_new_tokens: 12,
         batch_size: 16}}
@@ -71,15 +72,20 @@ def test_miniature_experiment_end_to_end(tmp_path):
     table = md.split("## pass@k after Stage I and after Stage II\n", 1)[1].strip().split("\n\n")[0]
     header, _, *rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()]
     assert len(header) == 1 + 2 * 2 * 2  # (pass@1, pass@4) x (test, ood) x (Stage I, Stage II)
-    assert [r[0] for r in rows] == ["none", "sft", "grpo", "exprl-outcome", "exprl-process"]
+    assert [r[0] for r in rows] == ["none", "sft", "grpo", "exprl-outcome", "exprl-process", "self-distill"]
     for row in rows:
         assert len(row) == len(header) and all(re.fullmatch(r"[01]\.\d{3}", c) for c in row[1:]), row
-    assert "Budget mismatch" not in md  # every run logged its 3 optimizer steps
+    # The random base model never answers correctly: self-distillation has nothing to imitate, keeps the
+    # base model, and the report says so. Every other run logged its 3 optimizer steps.
+    assert (
+        "Budget mismatch**: these runs logged a number of steps other than 3: self-distill stage 1: 0." in md
+    )
+    assert "self-distill stage 1, outside the trainer's metrics: samples 24" in md
     for name in ("passk", "reward", "entropy"):
         assert (out / "plots" / f"{name}.png").stat().st_size > 0
 
     results = json.loads((out / "results.json").read_text())
-    assert len(results["evals"]) == 1 + 5 + 5  # base, Stage I x 5 (none = base), Stage II x 5
+    assert len(results["evals"]) == 1 + 6 + 6  # base, Stage I x 6 (none = base), Stage II x 6
     base = load_file(tmp_path / "base" / "model.safetensors")
     for method in ("sft", "grpo", "exprl-outcome", "exprl-process"):
         for stage in (1, 2):

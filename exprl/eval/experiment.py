@@ -36,10 +36,15 @@ NO_STAGE1 = "none"  # method name meaning "no Stage I": Stage II starts from the
 
 @dataclass
 class StageSettings:
-    """One trainer configuration: a trainer YAML file plus `key=value` overrides."""
+    """One trainer configuration: a trainer YAML file plus `key=value` overrides.
+
+    kind "train" runs the trainer on the config; "self-distill" (Stage I only, an SFT config) first samples
+    the model on the problems an RL run would draw and fine-tunes it on its own verified completions
+    (`exprl.eval.self_distill`)."""
 
     config: Path | None  # None only for the "none" method
     overrides: list[str] = field(default_factory=list)
+    kind: str = "train"
 
 
 @dataclass
@@ -94,6 +99,7 @@ class StageSpec:
 class StageResult:
     model_dir: Path  # Hugging Face export of the trained policy
     metrics_path: Path | None  # the run's metrics.jsonl
+    extra: dict[str, Any] = field(default_factory=dict)  # work outside the trainer's metrics, for the report
 
 
 StageRunner = Callable[[StageSpec], StageResult]
@@ -129,20 +135,25 @@ def _resolve(path: str, base_dir: Path, where: str) -> Path:
     raise ValueError(f"{where}: config file {path!r} not found (looked in {base_dir} and .)")
 
 
-def _stage_settings(data: Any, where: str, base_dir: Path, allow_none: bool) -> StageSettings:
+def _stage_settings(
+    data: Any, where: str, base_dir: Path, allow_none: bool, kinds: tuple[str, ...]
+) -> StageSettings:
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise TypeError(f"{where}: expected a mapping with 'config' and optional 'overrides', got {data!r}")
-    unknown = set(data) - {"config", "overrides"}
+    unknown = set(data) - {"config", "overrides", "kind"}
     if unknown:
         raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
+    kind = data.get("kind", "train")
+    if kind not in kinds:
+        raise ValueError(f"{where}: 'kind' must be one of {list(kinds)}, got {kind!r}")
     if "config" not in data:
-        if allow_none:
+        if allow_none and "kind" not in data:
             return StageSettings(config=None, overrides=_str_list(data, "overrides", where))
         raise ValueError(f"{where}: missing key 'config'")
     config = _resolve(_require(data, "config", str, where), base_dir, f"{where}.config")
-    return StageSettings(config=config, overrides=_str_list(data, "overrides", where))
+    return StageSettings(config=config, overrides=_str_list(data, "overrides", where), kind=kind)
 
 
 def parse_config(data: Any, source: str = "<dict>", base_dir: Path | None = None) -> ExperimentConfig:
@@ -169,8 +180,12 @@ def parse_config(data: Any, source: str = "<dict>", base_dir: Path | None = None
             raise ValueError(
                 f"{source}: stage1 method names must be non-empty strings without '/', got {name!r}"
             )
-        methods[name] = _stage_settings(settings, f"{source}: stage1.{name}", base_dir, name == NO_STAGE1)
-    stage2 = _stage_settings(_require(data, "stage2", dict, source), f"{source}: stage2", base_dir, False)
+        methods[name] = _stage_settings(
+            settings, f"{source}: stage1.{name}", base_dir, name == NO_STAGE1, ("train", "self-distill")
+        )
+    stage2 = _stage_settings(
+        _require(data, "stage2", dict, source), f"{source}: stage2", base_dir, False, ("train",)
+    )
 
     ev = _require(data, "eval", dict, source)
     where = f"{source}: eval"
@@ -290,6 +305,7 @@ def _run_stage(
         "steps": spec.steps,
         "seed": spec.seed,
         "config": str(spec.settings.config),
+        "kind": spec.settings.kind,
         "overrides": [*spec.overrides, *spec.settings.overrides],
     }
     if marker.is_file():
@@ -310,6 +326,7 @@ def _run_stage(
         "stage": spec.stage,
         "model_dir": str(result.model_dir),
         "metrics_path": str(result.metrics_path) if result.metrics_path else None,
+        "extra": result.extra,
         **expected,
         "wall_s": time.perf_counter() - start,
         "finished_at": time.time(),  # identifies this model: evals and Stage II of an older one are redone
@@ -639,21 +656,25 @@ def write_report(
                 if count is not None and count[1] not in ("no training", cfg.token_counts[label][0]):
                     sources.append(f"{row['method']} stage {stage[-1]} {label}: `{count[1]}`")
         lines.append("| " + " | ".join(cells) + " |")
-    if cfg.token_counts:
-        lines += [""] + [
-            f"{label}: sum over steps of `{exprs[0]}`" + "".join(f", else `{e}`" for e in exprs[1:]) + "."
-            for label, exprs in cfg.token_counts.items()
-        ]
+    notes = [
+        f"{label}: sum over steps of `{exprs[0]}`" + "".join(f", else `{e}`" for e in exprs[1:]) + "."
+        for label, exprs in cfg.token_counts.items()
+    ]
     if sources:
-        lines += ["Counted from a fallback expression: " + "; ".join(sources) + "."]
-    lines += [f"{note}" for note in cfg.notes]
+        notes.append("Counted from a fallback expression: " + "; ".join(sources) + ".")
+    notes += cfg.notes
+    for method, by_stage in stages.items():
+        for stage, done in sorted(by_stage.items()):
+            if done.get("extra"):
+                details = ", ".join(f"{k} {v}" for k, v in done["extra"].items())
+                notes.append(f"{method} stage {stage}, outside the trainer's metrics: {details}.")
     if mismatched:
-        lines += [
-            "",
+        notes.append(
             f"**Budget mismatch**: these runs logged a number of steps other than {cfg.steps}: "
             + "; ".join(mismatched)
-            + ".",
-        ]
+            + "."
+        )
+    lines += [""] + [f"- {note}" for note in notes]
 
     lines += ["", "## Plots", "", "![pass@k per stage and split](plots/passk.png)", ""]
     for name, metric in (("reward", cfg.reward_metric), ("entropy", cfg.entropy_metric)):
@@ -685,10 +706,9 @@ def write_report(
 # ------------------------------------------------------------ the real stage runner and evaluator
 
 
-def train_stage(spec: StageSpec) -> StageResult:
-    """Run one stage with the real trainer: the stage's config file, the experiment-wide overrides, the
-    stage's own overrides, then what the experiment fixes (init model, run directory, steps, seed)."""
-    from exprl.train import run
+def _trainer_config(spec: StageSpec, *extra: str):
+    """The stage's TrainConfig: its file, the experiment-wide overrides, its own, then what the experiment
+    fixes (init model, run directory, steps, seed, export on, the trainer's own evaluation off)."""
     from exprl.train.config import load_config
 
     if spec.settings.config is None:
@@ -703,9 +723,71 @@ def train_stage(spec: StageSpec) -> StageResult:
         f"seed={spec.seed}",
         "export=true",
         "eval.enabled=false",  # the experiment evaluates every model itself, with one shared setting
+        *extra,
     ]
-    run_dir = Path(run(load_config(spec.settings.config, overrides)))
+    return load_config(spec.settings.config, overrides)
+
+
+def train_stage(spec: StageSpec) -> StageResult:
+    """The real stage runner: `exprl.train.run` on the stage's config (or self-distillation, by kind)."""
+    from exprl.train import run
+
+    if spec.settings.kind == "self-distill":
+        return self_distill_stage(spec)
+    run_dir = Path(run(_trainer_config(spec)))
     return StageResult(model_dir=run_dir / "export", metrics_path=run_dir / "metrics.jsonl")
+
+
+def self_distill_stage(spec: StageSpec) -> StageResult:
+    """Sample `rollout.group_size` completions of each problem the RL methods draw in `steps` steps of
+    `rollout.prompts_per_step` prompts, keep the verified ones, then SFT on them for `steps` steps."""
+    from exprl.data import load_problems
+    from exprl.eval.self_distill import collect_correct_samples, write_records
+    from exprl.models import load_model_and_tokenizer
+    from exprl.train import run
+    from exprl.train.loop import step_prompts
+    from exprl.train.rollout import prompt_text
+
+    cfg = _trainer_config(spec)
+    if cfg.method != "sft":
+        raise ValueError(f"stage1.{spec.method}: self-distillation needs an SFT trainer config (method: sft)")
+    problems = load_problems(cfg.data.train, seed=cfg.seed)
+    r = cfg.rollout
+    drawn = [
+        problems[i]
+        for step in range(cfg.steps)
+        for i in step_prompts(len(problems), r.prompts_per_step, step, cfg.seed, cfg.data.shuffle)
+    ]
+    model, tokenizer = load_model_and_tokenizer(spec.init_model)
+    data = collect_correct_samples(
+        model,
+        tokenizer,
+        drawn,
+        group_size=r.group_size,
+        max_new_tokens=r.max_new_tokens,
+        temperature=r.temperature,
+        seed=cfg.seed,
+        verifier=cfg.reward.sparse,
+        batch_size=max(cfg.sft.batch_size, r.group_size),
+        format_prompt=lambda p: prompt_text(p, tokenizer, cfg.model.chat_template),
+    )
+    extra = {
+        "samples": data.samples,
+        "sampled tokens": data.sampled_tokens,
+        "kept": len(data.records),
+        "problems solved": data.problems_solved,
+        "problems drawn": len(drawn),
+        "sampling s": round(data.seconds, 1),
+    }
+    if not data.records:
+        # Nothing to imitate: the honest outcome is the unchanged model (the report shows 0 steps logged).
+        extra["note"] = "no verified completion: no update"
+        return StageResult(model_dir=spec.init_model, metrics_path=None, extra=extra)
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    path = spec.run_dir / "self_distill.jsonl"
+    extra["records written"] = write_records(data.records, path, min_records=cfg.sft.batch_size)
+    run_dir = Path(run(_trainer_config(spec, f"data.train={path.resolve()}")))
+    return StageResult(model_dir=run_dir / "export", metrics_path=run_dir / "metrics.jsonl", extra=extra)
 
 
 def make_evaluator(settings: EvalSettings, progress: bool = True) -> Evaluator:
