@@ -40,7 +40,7 @@ class FakeRunner:
         (export / "skill.txt").write_text(str(skill_of(spec.init_model) + gain))
         with MetricsLogger(spec.run_dir) as logger:
             for step in range(spec.steps):
-                metrics = {"reward/mean": 0.1 * step + gain, "entropy": 2.0 - 0.1 * step, "tokens": 10}
+                metrics = {"reward/sparse": 0.1 * step + gain, "entropy": 2.0 - 0.1 * step, "tokens": 10}
                 if (spec.method, spec.stage) == (
                     "sft",
                     1,
@@ -154,7 +154,7 @@ def test_runs_every_stage_and_fills_every_cell(setup):
 
     for name in ("passk", "reward", "entropy"):
         assert (out / "plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
-    assert results["training_curves"]["grpo"]["stage1"]["reward/mean"][2] == [2, pytest.approx(2.2)]
+    assert results["training_curves"]["grpo"]["stage1"]["reward/sparse"][2] == [2, pytest.approx(2.2)]
     assert results["seeds"] == {"train": 5, "eval": 1234}
 
 

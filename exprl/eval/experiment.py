@@ -1,9 +1,10 @@
 """`exprl experiment`: the comparison of DESIGN.md §1 end to end, resumable, with a report directory.
 
 From one base model, every Stage I method (SFT on references, sparse GRPO, ExpRL-Outcome, ExpRL-Process,
-or "none" = the base model itself) is trained with the same number of optimizer steps and the same seed;
-then Stage II (sparse GRPO, same budget) starts from each Stage I result. Every resulting model is
-evaluated with the same sampling settings and seed (`exprl.eval.evaluate`). The report directory holds:
+self-distillation, or "none" = the base model itself) is trained with the same number of optimizer steps
+and the same seed; then Stage II (sparse GRPO, same budget) starts from each Stage I result. Every
+resulting model is evaluated with the same sampling settings and seed (`exprl.eval.evaluate`). The report
+directory holds:
 
     report.md              tables: pass@1 / pass@k per split after Stage I and after Stage II, never-solved
                            share, problems the base model never solved that each method solves, compute
@@ -12,8 +13,10 @@ evaluated with the same sampling settings and seed (`exprl.eval.evaluate`). The 
     stages/<method>/stage<s>/   the trainer's run directory, and DONE.json once that stage has finished
     evals/<method>-stage<s>.json   each model's EvalReport (base.json for the base model)
 
-A finished stage (DONE.json) and a finished evaluation (its JSON) are never redone, so rerunning the same
-command after an interruption continues where it stopped.
+A finished stage (DONE.json) and a finished evaluation (its JSON) are not redone, so rerunning the same
+command after an interruption continues where it stopped (an interrupted trainer run resumes from its
+last checkpoint). A stage whose starting model was trained again is redone, and so is the evaluation of
+a model trained again; a finished part whose settings differ from the config is an error, never reused.
 """
 
 import argparse
@@ -57,9 +60,8 @@ class EvalSettings:
     batch_size: int = 64
     seed: int = 1234
     verifier: str = "exact"
-    chat_template: str = (
-        "auto"  # as the trainer's model.chat_template: wrap prompts when the tokenizer has one
-    )
+    # As the trainer's model.chat_template: "auto" wraps prompts when the tokenizer has a chat template.
+    chat_template: str = "auto"
 
 
 @dataclass
@@ -73,7 +75,7 @@ class ExperimentConfig:
     stage2: StageSettings
     eval: EvalSettings
     overrides: list[str] = field(default_factory=list)  # applied to every stage of every method
-    reward_metric: str = "reward/mean"  # metrics.jsonl keys plotted over training
+    reward_metric: str = "reward/sparse"  # metrics.jsonl keys plotted over training
     entropy_metric: str = "entropy"
     # Compute-table columns: label -> metric expressions ("name" or "a*b", a per-step product), the first
     # one a run logged is summed over its steps (SFT and RL runs log their token counts differently).
@@ -245,7 +247,7 @@ def parse_config(data: Any, source: str = "<dict>", base_dir: Path | None = None
         stage2=stage2,
         eval=eval_settings,
         overrides=_str_list(data, "overrides", source),
-        reward_metric=str(report.get("reward_metric", "reward/mean")),
+        reward_metric=str(report.get("reward_metric", "reward/sparse")),
         entropy_metric=str(report.get("entropy_metric", "entropy")),
         token_counts=token_counts,
         notes=_str_list(report, "notes", f"{source}: report"),
