@@ -84,6 +84,7 @@ def setup(tmp_path):
     data = {
         "name": "fake",
         "out_dir": str(tmp_path / "report"),
+        "work_dir": str(tmp_path / "runs"),
         "base_model": str(base),
         "seed": 5,
         "steps": 3,
@@ -154,6 +155,9 @@ def test_runs_every_stage_and_fills_every_cell(setup):
 
     for name in ("passk", "reward", "entropy"):
         assert (out / "plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    # The report directory holds only the report; the trainer runs live in work_dir.
+    assert sorted(p.name for p in out.iterdir()) == ["evals", "plots", "report.md", "results.json"]
+    assert (tmp_path / "runs" / "grpo" / "stage2" / "DONE.json").is_file()
     assert results["training_curves"]["grpo"]["stage1"]["reward/sparse"][2] == [2, pytest.approx(2.2)]
     assert results["seeds"] == {"train": 5, "eval": 1234}
 
@@ -181,10 +185,10 @@ def test_a_retrained_stage_one_invalidates_its_stage_two(setup):
     tmp_path, data = setup
     cfg = parse_config(data)
     run_experiment(cfg, stage_runner=FakeRunner(), evaluator=FakeEvaluator(), log=lambda _: None)
-    (cfg.out_dir / "stages" / "grpo" / "stage1" / "DONE.json").unlink()
+    (tmp_path / "runs" / "grpo" / "stage1" / "DONE.json").unlink()
     import shutil
 
-    shutil.rmtree(cfg.out_dir / "stages" / "grpo" / "stage1" / "export")
+    shutil.rmtree(tmp_path / "runs" / "grpo" / "stage1" / "export")
     runner, evaluator = FakeRunner(), FakeEvaluator()
     run_experiment(cfg, stage_runner=runner, evaluator=evaluator, log=lambda _: None)
     assert runner.calls == [("grpo", 1), ("grpo", 2)]

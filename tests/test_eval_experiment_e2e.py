@@ -28,6 +28,7 @@ def experiment_yaml(tmp_path) -> str:
     return f"""
 name: mini
 out_dir: {tmp_path / "report"}
+work_dir: {tmp_path / "runs"}
 base_model: {tmp_path / "base"}
 seed: 0
 steps: 3
@@ -89,7 +90,7 @@ def test_miniature_experiment_end_to_end(tmp_path):
     base = load_file(tmp_path / "base" / "model.safetensors")
     for method in ("sft", "grpo", "exprl-outcome", "exprl-process"):
         for stage in (1, 2):
-            export = out / "stages" / method / f"stage{stage}" / "export" / "model.safetensors"
+            export = tmp_path / "runs" / method / f"stage{stage}" / "export" / "model.safetensors"
             trained = load_file(export)
             assert any(not torch.equal(base[k], trained[k]) for k in base), (method, stage)
 

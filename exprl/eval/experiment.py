@@ -10,8 +10,10 @@ directory holds:
                            share, problems the base model never solved that each method solves, compute
     results.json           every number in the tables, the training curves, settings, machine, seeds
     plots/*.png            pass@k curves per stage and split; reward and entropy over training per method
-    stages/<method>/stage<s>/   the trainer's run directory, and DONE.json once that stage has finished
     evals/<method>-stage<s>.json   each model's EvalReport (base.json for the base model)
+
+and the work directory (`work_dir`, default runs/experiment/<name>) holds <method>/stage<s>/: the trainer's
+run directory (checkpoints, metrics, the exported model) and DONE.json once that stage has finished.
 
 A finished stage (DONE.json) and a finished evaluation (its JSON) are not redone, so rerunning the same
 command after an interruption continues where it stopped (an interrupted trainer run resumes from its
@@ -67,7 +69,7 @@ class EvalSettings:
 @dataclass
 class ExperimentConfig:
     name: str
-    out_dir: Path
+    out_dir: Path  # the report: report.md, results.json, plots/, evals/ (small; meant to be kept)
     base_model: str  # "tiny" = the shipped tiny model, else a Hugging Face model directory
     seed: int
     steps: int  # optimizer steps per stage, the same for every method
@@ -75,6 +77,7 @@ class ExperimentConfig:
     stage2: StageSettings
     eval: EvalSettings
     overrides: list[str] = field(default_factory=list)  # applied to every stage of every method
+    work_dir: Path | None = None  # trainer runs (checkpoints, exports); default runs/experiment/<name>
     reward_metric: str = "reward/sparse"  # metrics.jsonl keys plotted over training
     entropy_metric: str = "entropy"
     # Compute-table columns: label -> metric expressions ("name" or "a*b", a per-step product), the first
@@ -164,7 +167,8 @@ def parse_config(data: Any, source: str = "<dict>", base_dir: Path | None = None
     if not isinstance(data, dict):
         raise TypeError(f"{source}: expected a mapping at the top level")
     known = {
-        "name", "out_dir", "base_model", "seed", "steps", "overrides", "stage1", "stage2", "eval", "report",
+        "name", "out_dir", "work_dir", "base_model", "seed", "steps", "overrides", "stage1", "stage2", "eval",
+        "report",
     }  # fmt: skip
     unknown = set(data) - known
     if unknown:
@@ -240,6 +244,7 @@ def parse_config(data: Any, source: str = "<dict>", base_dir: Path | None = None
     return ExperimentConfig(
         name=_require(data, "name", str, source),
         out_dir=Path(_require(data, "out_dir", str, source)),
+        work_dir=Path(_require(data, "work_dir", str, source)) if "work_dir" in data else None,
         base_model=str(data.get("base_model", "tiny")),
         seed=_require(data, "seed", int, source) if "seed" in data else 0,
         steps=steps,
@@ -293,7 +298,7 @@ def _check_resumable(path: Path, done: dict[str, Any], expected: dict[str, Any])
         raise ValueError(
             f"{path}: finished with different {', '.join(changed)} than the current config "
             f"(was {[done.get(k) for k in changed]}, now {[expected[k] for k in changed]}); "
-            "delete it to redo that part, or choose another out_dir"
+            "delete it to redo that part, or choose another out_dir / work_dir"
         )
 
 
@@ -375,6 +380,7 @@ def run_experiment(
     stage_runner = stage_runner or train_stage
     evaluator = evaluator or make_evaluator(cfg.eval)
     out = cfg.out_dir
+    work = cfg.work_dir or Path("runs") / "experiment" / cfg.name
     (out / "evals").mkdir(parents=True, exist_ok=True)
     base = _base_model_path(cfg)
 
@@ -385,7 +391,7 @@ def run_experiment(
         )
 
     def stage(method: str, number: int, init: dict[str, Any], settings: StageSettings) -> dict[str, Any]:
-        run_dir = out / "stages" / method / f"stage{number}"
+        run_dir = work / method / f"stage{number}"
         spec = StageSpec(
             method, number, Path(init["model_dir"]), run_dir, settings, cfg.steps, cfg.seed, cfg.overrides
         )
@@ -833,6 +839,7 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--config", required=True, help="experiment YAML, e.g. configs/experiment-tiny.yaml")
     parser.add_argument("--out", default=None, help="report directory (overrides out_dir of the config)")
+    parser.add_argument("--work-dir", default=None, help="trainer runs directory (overrides work_dir)")
     parser.add_argument("--no-progress", action="store_true", help="hide the evaluation progress bars")
     args = parser.parse_args(argv)
     try:
@@ -842,5 +849,7 @@ def main(argv: list[str]) -> int:
         return 2
     if args.out:
         cfg.out_dir = Path(args.out)
+    if args.work_dir:
+        cfg.work_dir = Path(args.work_dir)
     run_experiment(cfg, evaluator=make_evaluator(cfg.eval, progress=not args.no_progress))
     return 0
