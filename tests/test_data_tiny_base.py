@@ -40,11 +40,13 @@ def test_shipped_model_loads_and_solves_easy_problems_greedily():
 
 
 def test_shipped_model_shows_the_coverage_gap():
-    """The recorded evaluation (written by `exprl pretrain`): easy levels solved, hard level rarely."""
+    """The recorded evaluation (written by `exprl pretrain`): easy levels solved, the hard ones (3, which
+    the default ExpRL run trains on, and 4) rarely but not never, and pass@8 well above pass@1."""
     results = json.loads((tiny_base_path() / "eval.json").read_text())
-    assert results["L1"]["pass@1"] > 0.5
-    assert 0.02 <= results["L4"]["pass@1"] <= 0.3
-    assert results["L4"]["pass@8"] > 2 * results["L4"]["pass@1"]
+    assert results["L1"]["pass@1"] > 0.5 and results["L2"]["pass@1"] > 0.5
+    for hard in ("L3", "L4"):
+        assert 0.03 <= results[hard]["pass@1"] <= 0.3
+        assert results[hard]["pass@8"] > 2 * results[hard]["pass@1"]
 
 
 def test_load_model_rejects_a_directory_without_a_model(tmp_path):
@@ -60,6 +62,7 @@ def test_pretraining_is_deterministic_by_seed():
 
 def test_pretrain_command_writes_a_loadable_model(tmp_path):
     argv = ["--out", str(tmp_path), "--steps", "2", "--batch-size", "4", "--eval-n", "1", "--eval-k", "2"]
+    argv += ["--eval-max-new-tokens", "8"]
     assert main(argv) == 0
     model, tokenizer = load_model_and_tokenizer(tmp_path)
     reloaded = load_file(tmp_path / "model.safetensors")

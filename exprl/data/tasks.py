@@ -12,6 +12,7 @@ Generation is a pure function of (family, level, split, seed, n).
 import hashlib
 import random
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 from exprl.data.problem import Problem, format_reference
 
@@ -224,7 +225,4 @@ def builtin_problems(family: str | None, level: int, split: str, n: int, seed: i
             f"split={split!r} after {max_draws} draws"
         )
     prefix = f"{family or 'all'}/L{level}/{split}/"
-    return [
-        Problem(**{**p.__dict__, "id": f"{prefix}{i:06d}"})  # ids count distinct problems
-        for i, p in enumerate(problems)
-    ]
+    return [replace(p, id=f"{prefix}{i:06d}") for i, p in enumerate(problems)]  # ids count distinct ones
