@@ -12,60 +12,10 @@ import json
 import math
 
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from eval_fixtures import bigram_policy, problems
 
-from exprl.data import Problem
 from exprl.eval import evaluate, pass_at_k
 from exprl.eval.cli import main as eval_main
-from exprl.models.tokenizer import build_tokenizer
-
-NEG = -1e4  # exp(NEG) underflows to 0 in fp32: tokens outside the chain are never drawn
-
-
-def bigram_policy(p_seven: float) -> tuple[LlamaForCausalLM, object]:
-    tokenizer = build_tokenizer()
-    vocab = len(tokenizer)
-    width = vocab + vocab % 2  # rotary embeddings need an even head size
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=width,
-        intermediate_size=4,
-        num_hidden_layers=1,
-        num_attention_heads=1,
-        num_key_value_heads=1,
-        tie_word_embeddings=False,
-        rms_norm_eps=1e-12,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-    )
-    model = LlamaForCausalLM(config).eval()
-    ids = tokenizer.convert_tokens_to_ids
-    transition = torch.full((vocab, vocab), NEG)  # transition[current, next] = log-prob
-    transition[:, tokenizer.eos_token_id] = 0.0  # default: stop
-    transition[ids(" ")] = NEG
-    transition[ids(" "), ids("Answer:")] = 0.0
-    transition[ids("Answer:")] = NEG
-    if p_seven > 0:
-        transition[ids("Answer:"), ids("7")] = math.log(p_seven)
-    if p_seven < 1:
-        transition[ids("Answer:"), ids("3")] = math.log(1 - p_seven)
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        # Embedding of token c is sqrt(width) * e_c: unit RMS, so the final norm leaves it unchanged.
-        model.model.embed_tokens.weight.copy_(math.sqrt(width) * torch.eye(vocab, width))
-        model.lm_head.weight.zero_()
-        model.lm_head.weight[:, :vocab] = transition.T / math.sqrt(width)
-    return model, tokenizer
-
-
-def problems(n_test: int, n_ood: int) -> list[Problem]:
-    test = [Problem(id=f"t{i}", prompt=f"Q: {i}+7-{i}\nA: ", answer="7", split="test") for i in range(n_test)]
-    ood = [Problem(id=f"o{i}", prompt=f"Q: {i}+5-{i}\nA: ", answer="5", split="ood") for i in range(n_ood)]
-    return test + ood
 
 
 def binary_entropy(q: float) -> float:
@@ -201,3 +151,15 @@ def test_format_prompt_decides_what_the_model_reads():
     )  # fmt: skip
     assert report.splits["test"].mean_response_length == 2.0
     assert report.splits["test"].pass_at_k[1] == 0.0
+
+
+def test_scoring_in_single_rows_when_logits_would_be_large(monkeypatch):
+    import exprl.eval.evaluation as evaluation
+
+    model, tokenizer = bigram_policy(0.5)
+    kwargs = dict(n=4, ks=[1], temperature=1.0, max_new_tokens=8, seed=2, batch_size=8, progress=False)
+    whole = evaluate(model, tokenizer, problems(2, 1), **kwargs)
+    monkeypatch.setattr(evaluation, "MAX_LOGITS_ELEMENTS", 1)  # forces one sequence per scoring forward
+    single = evaluate(model, tokenizer, problems(2, 1), **kwargs)
+    assert single.splits["test"].mean_entropy == pytest.approx(whole.splits["test"].mean_entropy, rel=1e-6)
+    assert single.to_dict()["problems"] == whole.to_dict()["problems"]

@@ -40,7 +40,7 @@ class FakeRunner:
         (export / "skill.txt").write_text(str(skill_of(spec.init_model) + gain))
         with MetricsLogger(spec.run_dir) as logger:
             for step in range(spec.steps):
-                metrics = {"reward/mean": 0.1 * step + gain, "entropy": 2.0 - 0.1 * step, "tokens": 10}
+                metrics = {"reward/sparse": 0.1 * step + gain, "entropy": 2.0 - 0.1 * step, "tokens": 10}
                 if (spec.method, spec.stage) == (
                     "sft",
                     1,
@@ -84,6 +84,7 @@ def setup(tmp_path):
     data = {
         "name": "fake",
         "out_dir": str(tmp_path / "report"),
+        "work_dir": str(tmp_path / "runs"),
         "base_model": str(base),
         "seed": 5,
         "steps": 3,
@@ -154,7 +155,10 @@ def test_runs_every_stage_and_fills_every_cell(setup):
 
     for name in ("passk", "reward", "entropy"):
         assert (out / "plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
-    assert results["training_curves"]["grpo"]["stage1"]["reward/mean"][2] == [2, pytest.approx(2.2)]
+    # The report directory holds only the report; the trainer runs live in work_dir.
+    assert sorted(p.name for p in out.iterdir()) == ["evals", "plots", "report.md", "results.json"]
+    assert (tmp_path / "runs" / "grpo" / "stage2" / "DONE.json").is_file()
+    assert results["training_curves"]["grpo"]["stage1"]["reward/sparse"][2] == [2, pytest.approx(2.2)]
     assert results["seeds"] == {"train": 5, "eval": 1234}
 
 
@@ -181,10 +185,10 @@ def test_a_retrained_stage_one_invalidates_its_stage_two(setup):
     tmp_path, data = setup
     cfg = parse_config(data)
     run_experiment(cfg, stage_runner=FakeRunner(), evaluator=FakeEvaluator(), log=lambda _: None)
-    (cfg.out_dir / "stages" / "grpo" / "stage1" / "DONE.json").unlink()
+    (tmp_path / "runs" / "grpo" / "stage1" / "DONE.json").unlink()
     import shutil
 
-    shutil.rmtree(cfg.out_dir / "stages" / "grpo" / "stage1" / "export")
+    shutil.rmtree(tmp_path / "runs" / "grpo" / "stage1" / "export")
     runner, evaluator = FakeRunner(), FakeEvaluator()
     run_experiment(cfg, stage_runner=runner, evaluator=evaluator, log=lambda _: None)
     assert runner.calls == [("grpo", 1), ("grpo", 2)]

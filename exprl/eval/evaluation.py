@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from exprl.batching import build_rollout_batch
 from exprl.data import Problem
 from exprl.eval.passk import pass_at_k
 from exprl.eval.report import EvalReport, ProblemResult, SplitMetrics
@@ -43,6 +44,10 @@ def _validate(problems: Sequence[Problem], n: int, ks: Sequence[int], temperatur
     return sorted(set(int(k) for k in ks))
 
 
+# Upper bound on the logits of one scoring forward (B x L x V elements): 2^27 fp32 values = 512 MiB.
+MAX_LOGITS_ELEMENTS = 1 << 27
+
+
 @torch.no_grad()
 def response_token_entropy(
     model: torch.nn.Module,
@@ -55,29 +60,29 @@ def response_token_entropy(
     """Entropy (nats, fp32) of the policy's next-token distribution at each sampled response token.
 
     Returns one tensor of shape (R_i,) per sample, R_i = len(samples[i].response_ids). The sequences
-    prompt + response are re-run through `model` in right-padded batches of `batch_size`; the logits
-    at positions P-1 .. P+R-2 predict the response tokens.
+    prompt + response are re-run through `model` (right-padded by `exprl.batching.build_rollout_batch`) at
+    most `batch_size` at a time, fewer when the logits would pass MAX_LOGITS_ELEMENTS.
     """
+    if not samples:
+        return []
     device = next(model.parameters()).device
+    vocab = model.get_output_embeddings().weight.shape[0]
+    longest = max(len(s.prompt_ids) + len(s.response_ids) for s in samples)
+    rows = max(1, min(batch_size, MAX_LOGITS_ELEMENTS // (longest * vocab)))
     out: list[torch.Tensor] = []
-    for start in range(0, len(samples), batch_size):
-        chunk = samples[start : start + batch_size]
-        seqs = [torch.cat([s.prompt_ids, s.response_ids]).to(torch.long) for s in chunk]
-        length = max(len(x) for x in seqs)
-        input_ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(seqs), length), dtype=torch.long)
-        for i, x in enumerate(seqs):
-            input_ids[i, : len(x)] = x
-            attention_mask[i, : len(x)] = 1
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-        rows, targets, sizes = [], [], []
-        for i, s in enumerate(chunk):
-            p, r = len(s.prompt_ids), len(s.response_ids)
-            rows.append(logits[i, p - 1 : p + r - 1])
-            targets.append(s.response_ids.to(device=device, dtype=torch.long))
-            sizes.append(r)
-        _, entropy = logprobs_and_entropy(torch.cat(rows), torch.cat(targets), temperature=temperature)
-        out.extend(entropy.float().cpu().split(sizes))
+    for start in range(0, len(samples), rows):
+        chunk = samples[start : start + rows]
+        batch = build_rollout_batch(
+            [s.prompt_ids.long() for s in chunk], [s.response_ids.long() for s in chunk], pad_id
+        ).to(device)
+        logits = model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+        ).logits
+        # response_mask marks, in order, the positions whose next token is a response token.
+        _, entropy = logprobs_and_entropy(
+            logits[batch.response_mask], batch.target_ids[batch.response_mask], temperature=temperature
+        )
+        out.extend(entropy.float().cpu().split([len(s.response_ids) for s in chunk]))
     return out
 
 

@@ -1,19 +1,24 @@
 """`exprl experiment`: the comparison of DESIGN.md §1 end to end, resumable, with a report directory.
 
 From one base model, every Stage I method (SFT on references, sparse GRPO, ExpRL-Outcome, ExpRL-Process,
-or "none" = the base model itself) is trained with the same number of optimizer steps and the same seed;
-then Stage II (sparse GRPO, same budget) starts from each Stage I result. Every resulting model is
-evaluated with the same sampling settings and seed (`exprl.eval.evaluate`). The report directory holds:
+self-distillation, or "none" = the base model itself) is trained with the same number of optimizer steps
+and the same seed; then Stage II (sparse GRPO, same budget) starts from each Stage I result. Every
+resulting model is evaluated with the same sampling settings and seed (`exprl.eval.evaluate`). The report
+directory holds:
 
     report.md              tables: pass@1 / pass@k per split after Stage I and after Stage II, never-solved
                            share, problems the base model never solved that each method solves, compute
     results.json           every number in the tables, the training curves, settings, machine, seeds
     plots/*.png            pass@k curves per stage and split; reward and entropy over training per method
-    stages/<method>/stage<s>/   the trainer's run directory, and DONE.json once that stage has finished
     evals/<method>-stage<s>.json   each model's EvalReport (base.json for the base model)
 
-A finished stage (DONE.json) and a finished evaluation (its JSON) are never redone, so rerunning the same
-command after an interruption continues where it stopped.
+and the work directory (`work_dir`, default runs/experiment/<name>) holds <method>/stage<s>/: the trainer's
+run directory (checkpoints, metrics, the exported model) and DONE.json once that stage has finished.
+
+A finished stage (DONE.json) and a finished evaluation (its JSON) are not redone, so rerunning the same
+command after an interruption continues where it stopped (an interrupted trainer run resumes from its
+last checkpoint). A stage whose starting model was trained again is redone, and so is the evaluation of
+a model trained again; a finished part whose settings differ from the config is an error, never reused.
 """
 
 import argparse
@@ -36,10 +41,15 @@ NO_STAGE1 = "none"  # method name meaning "no Stage I": Stage II starts from the
 
 @dataclass
 class StageSettings:
-    """One trainer configuration: a trainer YAML file plus `key=value` overrides."""
+    """One trainer configuration: a trainer YAML file plus `key=value` overrides.
+
+    kind "train" runs the trainer on the config; "self-distill" (Stage I only, an SFT config) first samples
+    the model on the problems an RL run would draw and fine-tunes it on its own verified completions
+    (`exprl.eval.self_distill`)."""
 
     config: Path | None  # None only for the "none" method
     overrides: list[str] = field(default_factory=list)
+    kind: str = "train"
 
 
 @dataclass
@@ -52,15 +62,14 @@ class EvalSettings:
     batch_size: int = 64
     seed: int = 1234
     verifier: str = "exact"
-    chat_template: str = (
-        "auto"  # as the trainer's model.chat_template: wrap prompts when the tokenizer has one
-    )
+    # As the trainer's model.chat_template: "auto" wraps prompts when the tokenizer has a chat template.
+    chat_template: str = "auto"
 
 
 @dataclass
 class ExperimentConfig:
     name: str
-    out_dir: Path
+    out_dir: Path  # the report: report.md, results.json, plots/, evals/ (small; meant to be kept)
     base_model: str  # "tiny" = the shipped tiny model, else a Hugging Face model directory
     seed: int
     steps: int  # optimizer steps per stage, the same for every method
@@ -68,11 +77,13 @@ class ExperimentConfig:
     stage2: StageSettings
     eval: EvalSettings
     overrides: list[str] = field(default_factory=list)  # applied to every stage of every method
-    reward_metric: str = "reward/mean"  # metrics.jsonl keys plotted over training
+    work_dir: Path | None = None  # trainer runs (checkpoints, exports); default runs/experiment/<name>
+    reward_metric: str = "reward/sparse"  # metrics.jsonl keys plotted over training
     entropy_metric: str = "entropy"
     # Compute-table columns: label -> metric expressions ("name" or "a*b", a per-step product), the first
     # one a run logged is summed over its steps (SFT and RL runs log their token counts differently).
     token_counts: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # printed under the compute table (what the counts mean)
 
 
 @dataclass
@@ -93,6 +104,7 @@ class StageSpec:
 class StageResult:
     model_dir: Path  # Hugging Face export of the trained policy
     metrics_path: Path | None  # the run's metrics.jsonl
+    extra: dict[str, Any] = field(default_factory=dict)  # work outside the trainer's metrics, for the report
 
 
 StageRunner = Callable[[StageSpec], StageResult]
@@ -121,28 +133,32 @@ def _str_list(data: dict, key: str, where: str) -> list[str]:
 
 
 def _resolve(path: str, base_dir: Path, where: str) -> Path:
-    # Trainer configs are named relative to the working directory (usually the repository root);
-    # fall back to the experiment file's own directory.
-    for candidate in (Path(path), base_dir / path):
+    # Relative to the experiment file (so the command works from any directory), else to the cwd.
+    for candidate in (base_dir / path, Path(path)):
         if candidate.is_file():
-            return candidate
-    raise ValueError(f"{where}: config file {path!r} not found (looked in . and {base_dir})")
+            return candidate.resolve()
+    raise ValueError(f"{where}: config file {path!r} not found (looked in {base_dir} and .)")
 
 
-def _stage_settings(data: Any, where: str, base_dir: Path, allow_none: bool) -> StageSettings:
+def _stage_settings(
+    data: Any, where: str, base_dir: Path, allow_none: bool, kinds: tuple[str, ...]
+) -> StageSettings:
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise TypeError(f"{where}: expected a mapping with 'config' and optional 'overrides', got {data!r}")
-    unknown = set(data) - {"config", "overrides"}
+    unknown = set(data) - {"config", "overrides", "kind"}
     if unknown:
         raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
+    kind = data.get("kind", "train")
+    if kind not in kinds:
+        raise ValueError(f"{where}: 'kind' must be one of {list(kinds)}, got {kind!r}")
     if "config" not in data:
-        if allow_none:
+        if allow_none and "kind" not in data:
             return StageSettings(config=None, overrides=_str_list(data, "overrides", where))
         raise ValueError(f"{where}: missing key 'config'")
     config = _resolve(_require(data, "config", str, where), base_dir, f"{where}.config")
-    return StageSettings(config=config, overrides=_str_list(data, "overrides", where))
+    return StageSettings(config=config, overrides=_str_list(data, "overrides", where), kind=kind)
 
 
 def parse_config(data: Any, source: str = "<dict>", base_dir: Path | None = None) -> ExperimentConfig:
@@ -151,7 +167,8 @@ def parse_config(data: Any, source: str = "<dict>", base_dir: Path | None = None
     if not isinstance(data, dict):
         raise TypeError(f"{source}: expected a mapping at the top level")
     known = {
-        "name", "out_dir", "base_model", "seed", "steps", "overrides", "stage1", "stage2", "eval", "report",
+        "name", "out_dir", "work_dir", "base_model", "seed", "steps", "overrides", "stage1", "stage2", "eval",
+        "report",
     }  # fmt: skip
     unknown = set(data) - known
     if unknown:
@@ -169,8 +186,12 @@ def parse_config(data: Any, source: str = "<dict>", base_dir: Path | None = None
             raise ValueError(
                 f"{source}: stage1 method names must be non-empty strings without '/', got {name!r}"
             )
-        methods[name] = _stage_settings(settings, f"{source}: stage1.{name}", base_dir, name == NO_STAGE1)
-    stage2 = _stage_settings(_require(data, "stage2", dict, source), f"{source}: stage2", base_dir, False)
+        methods[name] = _stage_settings(
+            settings, f"{source}: stage1.{name}", base_dir, name == NO_STAGE1, ("train", "self-distill")
+        )
+    stage2 = _stage_settings(
+        _require(data, "stage2", dict, source), f"{source}: stage2", base_dir, False, ("train",)
+    )
 
     ev = _require(data, "eval", dict, source)
     where = f"{source}: eval"
@@ -207,7 +228,7 @@ def parse_config(data: Any, source: str = "<dict>", base_dir: Path | None = None
     report = data.get("report", {}) or {}
     if not isinstance(report, dict):
         raise TypeError(f"{source}: 'report' must be a mapping")
-    unknown = set(report) - {"reward_metric", "entropy_metric", "token_counts"}
+    unknown = set(report) - {"reward_metric", "entropy_metric", "token_counts", "notes"}
     if unknown:
         raise ValueError(f"{source}: report: unknown keys {sorted(unknown)}")
     token_counts = report.get("token_counts", {}) or {}
@@ -223,6 +244,7 @@ def parse_config(data: Any, source: str = "<dict>", base_dir: Path | None = None
     return ExperimentConfig(
         name=_require(data, "name", str, source),
         out_dir=Path(_require(data, "out_dir", str, source)),
+        work_dir=Path(_require(data, "work_dir", str, source)) if "work_dir" in data else None,
         base_model=str(data.get("base_model", "tiny")),
         seed=_require(data, "seed", int, source) if "seed" in data else 0,
         steps=steps,
@@ -230,9 +252,10 @@ def parse_config(data: Any, source: str = "<dict>", base_dir: Path | None = None
         stage2=stage2,
         eval=eval_settings,
         overrides=_str_list(data, "overrides", source),
-        reward_metric=str(report.get("reward_metric", "reward/mean")),
+        reward_metric=str(report.get("reward_metric", "reward/sparse")),
         entropy_metric=str(report.get("entropy_metric", "entropy")),
         token_counts=token_counts,
+        notes=_str_list(report, "notes", f"{source}: report"),
     )
 
 
@@ -275,7 +298,7 @@ def _check_resumable(path: Path, done: dict[str, Any], expected: dict[str, Any])
         raise ValueError(
             f"{path}: finished with different {', '.join(changed)} than the current config "
             f"(was {[done.get(k) for k in changed]}, now {[expected[k] for k in changed]}); "
-            "delete it to redo that part, or choose another out_dir"
+            "delete it to redo that part, or choose another out_dir / work_dir"
         )
 
 
@@ -289,6 +312,7 @@ def _run_stage(
         "steps": spec.steps,
         "seed": spec.seed,
         "config": str(spec.settings.config),
+        "kind": spec.settings.kind,
         "overrides": [*spec.overrides, *spec.settings.overrides],
     }
     if marker.is_file():
@@ -309,6 +333,7 @@ def _run_stage(
         "stage": spec.stage,
         "model_dir": str(result.model_dir),
         "metrics_path": str(result.metrics_path) if result.metrics_path else None,
+        "extra": result.extra,
         **expected,
         "wall_s": time.perf_counter() - start,
         "finished_at": time.time(),  # identifies this model: evals and Stage II of an older one are redone
@@ -355,6 +380,7 @@ def run_experiment(
     stage_runner = stage_runner or train_stage
     evaluator = evaluator or make_evaluator(cfg.eval)
     out = cfg.out_dir
+    work = cfg.work_dir or Path("runs") / "experiment" / cfg.name
     (out / "evals").mkdir(parents=True, exist_ok=True)
     base = _base_model_path(cfg)
 
@@ -365,7 +391,7 @@ def run_experiment(
         )
 
     def stage(method: str, number: int, init: dict[str, Any], settings: StageSettings) -> dict[str, Any]:
-        run_dir = out / "stages" / method / f"stage{number}"
+        run_dir = work / method / f"stage{number}"
         spec = StageSpec(
             method, number, Path(init["model_dir"]), run_dir, settings, cfg.steps, cfg.seed, cfg.overrides
         )
@@ -638,20 +664,25 @@ def write_report(
                 if count is not None and count[1] not in ("no training", cfg.token_counts[label][0]):
                     sources.append(f"{row['method']} stage {stage[-1]} {label}: `{count[1]}`")
         lines.append("| " + " | ".join(cells) + " |")
-    if cfg.token_counts:
-        lines += [""] + [
-            f"{label}: sum over steps of `{exprs[0]}`" + "".join(f", else `{e}`" for e in exprs[1:]) + "."
-            for label, exprs in cfg.token_counts.items()
-        ]
+    notes = [
+        f"{label}: sum over steps of `{exprs[0]}`" + "".join(f", else `{e}`" for e in exprs[1:]) + "."
+        for label, exprs in cfg.token_counts.items()
+    ]
     if sources:
-        lines += ["Counted from a fallback expression: " + "; ".join(sources) + "."]
+        notes.append("Counted from a fallback expression: " + "; ".join(sources) + ".")
+    notes += cfg.notes
+    for method, by_stage in stages.items():
+        for stage, done in sorted(by_stage.items()):
+            if done.get("extra"):
+                details = ", ".join(f"{k} {v}" for k, v in done["extra"].items())
+                notes.append(f"{method} stage {stage}, outside the trainer's metrics: {details}.")
     if mismatched:
-        lines += [
-            "",
+        notes.append(
             f"**Budget mismatch**: these runs logged a number of steps other than {cfg.steps}: "
             + "; ".join(mismatched)
-            + ".",
-        ]
+            + "."
+        )
+    lines += [""] + [f"- {note}" for note in notes]
 
     lines += ["", "## Plots", "", "![pass@k per stage and split](plots/passk.png)", ""]
     for name, metric in (("reward", cfg.reward_metric), ("entropy", cfg.entropy_metric)):
@@ -683,10 +714,9 @@ def write_report(
 # ------------------------------------------------------------ the real stage runner and evaluator
 
 
-def train_stage(spec: StageSpec) -> StageResult:
-    """Run one stage with the real trainer: the stage's config file, the experiment-wide overrides, the
-    stage's own overrides, then what the experiment fixes (init model, run directory, steps, seed)."""
-    from exprl.train import run
+def _trainer_config(spec: StageSpec, *extra: str):
+    """The stage's TrainConfig: its file, the experiment-wide overrides, its own, then what the experiment
+    fixes (init model, run directory, steps, seed, export on, the trainer's own evaluation off)."""
     from exprl.train.config import load_config
 
     if spec.settings.config is None:
@@ -701,9 +731,71 @@ def train_stage(spec: StageSpec) -> StageResult:
         f"seed={spec.seed}",
         "export=true",
         "eval.enabled=false",  # the experiment evaluates every model itself, with one shared setting
+        *extra,
     ]
-    run_dir = Path(run(load_config(spec.settings.config, overrides)))
+    return load_config(spec.settings.config, overrides)
+
+
+def train_stage(spec: StageSpec) -> StageResult:
+    """The real stage runner: `exprl.train.run` on the stage's config (or self-distillation, by kind)."""
+    from exprl.train import run
+
+    if spec.settings.kind == "self-distill":
+        return self_distill_stage(spec)
+    run_dir = Path(run(_trainer_config(spec)))
     return StageResult(model_dir=run_dir / "export", metrics_path=run_dir / "metrics.jsonl")
+
+
+def self_distill_stage(spec: StageSpec) -> StageResult:
+    """Sample `rollout.group_size` completions of each problem the RL methods draw in `steps` steps of
+    `rollout.prompts_per_step` prompts, keep the verified ones, then SFT on them for `steps` steps."""
+    from exprl.data import load_problems
+    from exprl.eval.self_distill import collect_correct_samples, write_records
+    from exprl.models import load_model_and_tokenizer
+    from exprl.train import run
+    from exprl.train.loop import step_prompts
+    from exprl.train.rollout import prompt_text
+
+    cfg = _trainer_config(spec)
+    if cfg.method != "sft":
+        raise ValueError(f"stage1.{spec.method}: self-distillation needs an SFT trainer config (method: sft)")
+    problems = load_problems(cfg.data.train, seed=cfg.seed)
+    r = cfg.rollout
+    drawn = [
+        problems[i]
+        for step in range(cfg.steps)
+        for i in step_prompts(len(problems), r.prompts_per_step, step, cfg.seed, cfg.data.shuffle)
+    ]
+    model, tokenizer = load_model_and_tokenizer(spec.init_model)
+    data = collect_correct_samples(
+        model,
+        tokenizer,
+        drawn,
+        group_size=r.group_size,
+        max_new_tokens=r.max_new_tokens,
+        temperature=r.temperature,
+        seed=cfg.seed,
+        verifier=cfg.reward.sparse,
+        batch_size=max(cfg.sft.batch_size, r.group_size),
+        format_prompt=lambda p: prompt_text(p, tokenizer, cfg.model.chat_template),
+    )
+    extra = {
+        "samples": data.samples,
+        "sampled tokens": data.sampled_tokens,
+        "kept": len(data.records),
+        "problems solved": data.problems_solved,
+        "problems drawn": len(drawn),
+        "sampling s": round(data.seconds, 1),
+    }
+    if not data.records:
+        # Nothing to imitate: the honest outcome is the unchanged model (the report shows 0 steps logged).
+        extra["note"] = "no verified completion: no update"
+        return StageResult(model_dir=spec.init_model, metrics_path=None, extra=extra)
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    path = spec.run_dir / "self_distill.jsonl"
+    extra["records written"] = write_records(data.records, path, min_records=cfg.sft.batch_size)
+    run_dir = Path(run(_trainer_config(spec, f"data.train={path.resolve()}")))
+    return StageResult(model_dir=run_dir / "export", metrics_path=run_dir / "metrics.jsonl", extra=extra)
 
 
 def make_evaluator(settings: EvalSettings, progress: bool = True) -> Evaluator:
@@ -747,6 +839,7 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--config", required=True, help="experiment YAML, e.g. configs/experiment-tiny.yaml")
     parser.add_argument("--out", default=None, help="report directory (overrides out_dir of the config)")
+    parser.add_argument("--work-dir", default=None, help="trainer runs directory (overrides work_dir)")
     parser.add_argument("--no-progress", action="store_true", help="hide the evaluation progress bars")
     args = parser.parse_args(argv)
     try:
@@ -756,5 +849,7 @@ def main(argv: list[str]) -> int:
         return 2
     if args.out:
         cfg.out_dir = Path(args.out)
+    if args.work_dir:
+        cfg.work_dir = Path(args.work_dir)
     run_experiment(cfg, evaluator=make_evaluator(cfg.eval, progress=not args.no_progress))
     return 0
