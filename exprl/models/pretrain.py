@@ -47,7 +47,7 @@ def tiny_config(vocab_size: int, pad_id: int, eos_id: int) -> LlamaConfig:
 
 
 def parse_level_mix(text: str) -> dict[int, float]:
-    """ "1:0.5,2:0.45,3:0.05" -> {1: 0.5, 2: 0.45, 3: 0.05}; levels must exist, weights be >= 0."""
+    """Parse "1:0.5,2:0.45,3:0.05" into {1: 0.5, 2: 0.45, 3: 0.05}; levels must exist, weights be >= 0."""
     try:
         mix = {int(lv): float(w) for lv, w in (item.split(":") for item in text.split(","))}
     except ValueError:
