@@ -1,0 +1,194 @@
+"""Sampling-based evaluation of a policy: pass@k per split, response length, entropy, never-solved share.
+
+For each problem we sample `n` completions from the bare prompt, grade each with a sparse verifier
+(1 = correct final answer), and estimate pass@k with the unbiased estimator. The token entropy is the
+entropy of the policy's next-token distribution (at the sampling temperature) at every sampled response
+token, recomputed from the policy's logits with `exprl.kernels.logprobs_and_entropy`.
+"""
+
+import math
+from collections.abc import Callable, Sequence
+from numbers import Integral
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from exprl.batching import build_rollout_batch
+from exprl.data import Problem
+from exprl.eval.passk import pass_at_k
+from exprl.eval.report import EvalReport, ProblemResult, SplitMetrics
+from exprl.kernels import logprobs_and_entropy
+from exprl.models.generation import Sample, sample
+from exprl.rewards import Rollout, build_reward
+
+# Report splits in this order; unknown split names follow alphabetically.
+_SPLIT_ORDER = {"train": 0, "test": 1, "ood": 2}
+
+
+def _validate(problems: Sequence[Problem], n: int, ks: Sequence[int], temperature: float) -> list[int]:
+    if not isinstance(problems, Sequence) or len(problems) == 0:
+        raise ValueError("problems must be a non-empty sequence of Problem")
+    for i, p in enumerate(problems):
+        if not isinstance(p, Problem):
+            raise TypeError(f"problems[{i}] must be a Problem, got {type(p).__name__}")
+    if isinstance(n, bool) or not isinstance(n, Integral) or n < 1:
+        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    if isinstance(ks, int | str) or len(ks) == 0:
+        raise ValueError(f"ks must be a non-empty sequence of ints, got {ks!r}")
+    for k in ks:
+        if isinstance(k, bool) or not isinstance(k, Integral) or not 1 <= k <= n:
+            raise ValueError(f"ks: every k must be an int in [1, n={n}], got {k!r}")
+    if not isinstance(temperature, int | float) or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    return sorted(set(int(k) for k in ks))
+
+
+# Upper bound on the logits of one scoring forward (B x L x V elements): 2^27 fp32 values = 512 MiB.
+MAX_LOGITS_ELEMENTS = 1 << 27
+
+
+@torch.no_grad()
+def response_token_entropy(
+    model: torch.nn.Module,
+    samples: Sequence[Sample],
+    *,
+    temperature: float,
+    batch_size: int,
+    pad_id: int,
+) -> list[torch.Tensor]:
+    """Entropy (nats, fp32) of the policy's next-token distribution at each sampled response token.
+
+    Returns one tensor of shape (R_i,) per sample, R_i = len(samples[i].response_ids). The sequences
+    prompt + response are re-run through `model` (right-padded by `exprl.batching.build_rollout_batch`) at
+    most `batch_size` at a time, fewer when the logits would pass MAX_LOGITS_ELEMENTS.
+    """
+    if not samples:
+        return []
+    device = next(model.parameters()).device
+    vocab = model.get_output_embeddings().weight.shape[0]
+    longest = max(len(s.prompt_ids) + len(s.response_ids) for s in samples)
+    rows = max(1, min(batch_size, MAX_LOGITS_ELEMENTS // (longest * vocab)))
+    out: list[torch.Tensor] = []
+    for start in range(0, len(samples), rows):
+        chunk = samples[start : start + rows]
+        batch = build_rollout_batch(
+            [s.prompt_ids.long() for s in chunk], [s.response_ids.long() for s in chunk], pad_id
+        ).to(device)
+        logits = model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+        ).logits
+        # response_mask marks, in order, the positions whose next token is a response token.
+        _, entropy = logprobs_and_entropy(
+            logits[batch.response_mask], batch.target_ids[batch.response_mask], temperature=temperature
+        )
+        out.extend(entropy.float().cpu().split([len(s.response_ids) for s in chunk]))
+    return out
+
+
+def evaluate(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    problems: Sequence[Problem],
+    *,
+    n: int,
+    ks: Sequence[int],
+    temperature: float = 1.0,
+    max_new_tokens: int = 64,
+    seed: int = 0,
+    batch_size: int = 64,
+    verifier: str = "exact",
+    progress: bool = True,
+    format_prompt: Callable[[Problem], str] | None = None,
+) -> EvalReport:
+    """Sample `n` completions per problem, grade them with the sparse `verifier`, aggregate per split.
+
+    `temperature` 0 means greedy decoding (entropy is then measured at temperature 1). `batch_size`
+    counts sequences per generation / scoring batch. Sampling is seeded: the same arguments (batch_size
+    included, since batch composition changes padding) give the same report. `format_prompt` turns a
+    problem into the model's input text (default: `problem.prompt`; pass the trainer's chat-template
+    wrapper to evaluate a chat model the way it was trained).
+    Raises ValueError/TypeError naming the argument for bad input.
+    """
+    ks = _validate(problems, n, ks, temperature)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, Integral) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    reward = build_reward(verifier)
+    greedy = temperature == 0
+    entropy_temperature = 1.0 if greedy else float(temperature)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    was_training = model.training
+    model.eval()
+    # Whole problems per generation call, so the progress bar advances per problem.
+    problems_per_call = max(1, batch_size // n)
+    correct: list[int] = []
+    lengths: list[list[int]] = []
+    entropies: list[list[float]] = []
+    truncated: list[int] = []
+    ungraded: list[int] = []
+    try:
+        with tqdm(total=len(problems), desc="eval", unit="problem", disable=not progress) as bar:
+            for call, start in enumerate(range(0, len(problems), problems_per_call)):
+                chunk = list(problems[start : start + problems_per_call])
+                samples = sample(
+                    model,
+                    tokenizer,
+                    [format_prompt(p) if format_prompt else p.prompt for p in chunk],
+                    n,
+                    max_new_tokens=max_new_tokens,
+                    temperature=entropy_temperature,
+                    greedy=greedy,
+                    batch_size=batch_size,
+                    generator_seed=seed + call,
+                )
+                scores = reward.score(
+                    [
+                        Rollout(problem=chunk[s.prompt_index], response=s.text, truncated=s.truncated)
+                        for s in samples
+                    ]
+                )
+                token_entropy = response_token_entropy(
+                    model, samples, temperature=entropy_temperature, batch_size=batch_size, pad_id=pad_id
+                )
+                for j in range(len(chunk)):
+                    mine = [i for i, s in enumerate(samples) if s.prompt_index == j]
+                    correct.append(sum(1 for i in mine if scores[i] is not None and scores[i] >= 0.5))
+                    ungraded.append(sum(1 for i in mine if scores[i] is None))
+                    truncated.append(sum(1 for i in mine if samples[i].truncated))
+                    lengths.append([len(samples[i].response_ids) for i in mine])
+                    entropies.append([float(token_entropy[i].sum()) for i in mine])
+                bar.update(len(chunk))
+    finally:
+        model.train(was_training)
+
+    results = [
+        ProblemResult(id=p.id, split=p.split, family=p.family, level=p.level, correct=c)
+        for p, c in zip(problems, correct, strict=True)
+    ]
+    splits: dict[str, SplitMetrics] = {}
+    for split in sorted({p.split for p in problems}, key=lambda s: (_SPLIT_ORDER.get(s, 99), s)):
+        idx = [i for i, p in enumerate(problems) if p.split == split]
+        num_tokens = sum(sum(lengths[i]) for i in idx)
+        splits[split] = SplitMetrics(
+            num_problems=len(idx),
+            pass_at_k={k: sum(pass_at_k(n, correct[i], k) for i in idx) / len(idx) for k in ks},
+            mean_response_length=num_tokens / (len(idx) * n),
+            mean_entropy=sum(sum(entropies[i]) for i in idx) / max(num_tokens, 1),
+            never_solved=sum(1 for i in idx if correct[i] == 0) / len(idx),
+            truncated=sum(truncated[i] for i in idx) / (len(idx) * n),
+            ungraded=sum(ungraded[i] for i in idx),
+        )
+    settings = {
+        "n": int(n),
+        "ks": ks,
+        "temperature": float(temperature),
+        "max_new_tokens": int(max_new_tokens),
+        "seed": int(seed),
+        "batch_size": int(batch_size),
+        "verifier": verifier,
+        "entropy_temperature": entropy_temperature,
+    }
+    return EvalReport(settings=settings, splits=splits, problems=results)

@@ -1,0 +1,123 @@
+"""Advantage estimators, registered by name; the trainer looks one up from `algo.advantage`.
+
+Every estimator has the same signature:
+
+    estimator(scores, group_size, *, token_segment_ids, response_lengths, scale) -> list[Tensor]
+
+* `scores`: one entry per rollout, prompt-major (the G rollouts of a prompt are consecutive):
+  a float (response-level reward), a list of floats (one per segment) or None (dropped: the rollout
+  could not be graded; it gets zero advantages and must be masked out of the loss by the caller).
+* `token_segment_ids`: per rollout, int64 (R_i,), the 0-based segment of each response token
+  (only the process estimators read it).
+* Returns per rollout a float32 (R_i,) tensor: the advantage of each response token.
+
+Adding a variant is adding a function here with `@register("name")`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from exprl import batching
+
+Score = float | list[float] | None
+Estimator = Callable[..., list[Tensor]]
+ADVANTAGES: dict[str, Estimator] = {}
+
+
+def register(name: str) -> Callable[[Estimator], Estimator]:
+    def add(fn: Estimator) -> Estimator:
+        ADVANTAGES[name] = fn
+        return fn
+
+    return add
+
+
+def get(name: str) -> Estimator:
+    if name not in ADVANTAGES:
+        raise ValueError(
+            f"advantage: unknown estimator {name!r}; registered: {', '.join(sorted(ADVANTAGES))}"
+        )
+    return ADVANTAGES[name]
+
+
+@register("grpo")
+def grpo(
+    scores: Sequence[Score],
+    group_size: int,
+    *,
+    response_lengths: Sequence[int],
+    scale: str = "std",
+    token_segment_ids: Sequence[Tensor] | None = None,
+) -> list[Tensor]:
+    """GRPO: `(r - mean_group) / (std_group + 1e-6)` (or `r - mean_group` with scale="none") on every
+    token of the rollout. Dropped rollouts are left out of their group's statistics."""
+    del token_segment_ids
+    _check_lengths(scores, response_lengths, group_size)
+    sequence_adv = torch.zeros(len(scores), dtype=torch.float32)
+    for start in range(0, len(scores), group_size):
+        kept = [i for i in range(start, start + group_size) if scores[i] is not None]
+        if len(kept) < 2:  # a group of one has no baseline to compare with
+            continue
+        if any(not isinstance(scores[i], int | float) for i in kept):
+            raise TypeError("grpo needs one float score per rollout; got per-segment scores (use process-*)")
+        rewards = torch.tensor([float(scores[i]) for i in kept], dtype=torch.float32)
+        sequence_adv[kept] = batching.group_advantages(rewards, len(kept), scale=scale)
+    return [torch.full((n,), float(a)) for a, n in zip(sequence_adv.tolist(), response_lengths, strict=True)]
+
+
+def _process(mode: str) -> Estimator:
+    def estimator(
+        scores: Sequence[Score],
+        group_size: int,
+        *,
+        response_lengths: Sequence[int],
+        token_segment_ids: Sequence[Tensor],
+        scale: str = "std",
+    ) -> list[Tensor]:
+        del scale
+        _check_lengths(scores, response_lengths, group_size)
+        if len(token_segment_ids) != len(scores):
+            raise ValueError(f"token_segment_ids has {len(token_segment_ids)} rows for {len(scores)} scores")
+        width = max(response_lengths, default=0)
+        ids = torch.full((len(scores), width), -1, dtype=torch.long)
+        rows = []
+        for i, (score, seg, n) in enumerate(zip(scores, token_segment_ids, response_lengths, strict=True)):
+            if seg.shape != (n,):
+                raise ValueError(f"token_segment_ids[{i}] has shape {tuple(seg.shape)}, expected ({n},)")
+            if score is None:  # dropped: no scored segments, its tokens stay at -1 (advantage 0)
+                rows.append(torch.zeros(0))
+                continue
+            if not isinstance(score, list | tuple):
+                raise TypeError(
+                    f"{mode}: rollout {i} has a response-level score; process needs one per segment"
+                )
+            if n and int(seg.max()) >= len(score):
+                raise ValueError(
+                    f"rollout {i}: tokens reach segment {int(seg.max())} but it has {len(score)} scores"
+                )
+            ids[i, :n] = seg
+            rows.append(torch.tensor(score, dtype=torch.float32))
+        per_token = batching.segment_advantages(
+            ids, rows, mode=mode, group_size=group_size if mode == "group" else None
+        )
+        return [per_token[i, :n].clone() for i, n in enumerate(response_lengths)]
+
+    estimator.__name__ = f"process_{mode}"
+    estimator.__doc__ = f"ExpRL-Process, `exprl.batching.segment_advantages(mode={mode!r})` per token."
+    return estimator
+
+
+register("process-delta")(_process("delta"))
+register("process-end")(_process("end"))
+register("process-group")(_process("group"))
+
+
+def _check_lengths(scores: Sequence[Score], response_lengths: Sequence[int], group_size: int) -> None:
+    if len(scores) != len(response_lengths):
+        raise ValueError(f"{len(scores)} scores but {len(response_lengths)} response lengths")
+    if group_size < 1 or len(scores) % group_size:
+        raise ValueError(f"group_size {group_size} does not divide the {len(scores)} rollouts")

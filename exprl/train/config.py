@@ -1,0 +1,392 @@
+"""Training configuration: YAML files loaded into validated dataclasses, with `key=value` overrides.
+
+A config is a tree of dataclasses (`TrainConfig` at the root). `load_config(path, overrides)` reads the
+YAML, applies overrides such as `rollout.group_size=4` or `algo.kl_coef=0`, and checks every key and
+type; an unknown key, a wrong type or an out-of-range value is a `ValueError` naming the key and the
+file (or "override" for command-line values).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import yaml
+
+ADVANTAGES = ("grpo", "process-delta", "process-end", "process-group")
+JUDGES = ("rubric", "hf", "http")  # reward sources that take mode= and delimiter=
+LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+
+
+@dataclass
+class ModelConfig:
+    path: str = "tiny"  # a local Hugging Face directory; "tiny" = the model shipped in exprl/assets
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 where supported
+    attn_implementation: str = "auto"  # auto: flash_attention_2 if installed on CUDA, else sdpa
+    gradient_checkpointing: bool = False
+    chat_template: Literal["auto", "never"] = "auto"  # auto: wrap prompts when the tokenizer has one
+
+
+@dataclass
+class DataConfig:
+    train: str = "builtin:all:3:train:256"  # exprl.data.load_problems source
+    shuffle: bool = True
+
+
+@dataclass
+class RewardConfig:
+    name: str = "rubric"  # exprl.rewards.build_reward name
+    mode: Literal["outcome", "process"] = "outcome"  # used by judges only
+    delimiter: str = "###"
+    options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for build_reward
+    sparse: str = "exact"  # the verifier behind reward/sparse and pass_rate (metrics)
+
+
+@dataclass
+class RolloutConfig:
+    prompts_per_step: int = 8  # global, across ranks
+    group_size: int = 8  # G samples per prompt
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    # ZeRO-3: gather all parameters once per rollout; False = generate with synced_gpus (less memory)
+    gather_parameters: bool = True
+
+
+@dataclass
+class AlgoConfig:
+    advantage: str = "grpo"  # a name in exprl.train.advantages.ADVANTAGES
+    scale: Literal["std", "none"] = "std"  # grpo: divide by the group's std or not
+    ppo_epochs: int = 1
+    mini_batches: int = 1  # optimizer steps per PPO epoch
+    micro_batch_size: int = 16  # sequences per forward/backward on one rank
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    dual_clip: float | None = 3.0
+    kl_coef: float = 1e-3
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    entropy_coef: float = 1e-3
+    loss_agg: str = "token-mean"
+    loss_backend: Literal["auto", "triton", "torch", "eager"] = "auto"
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+
+
+@dataclass
+class SFTConfig:
+    batch_size: int = 16  # global sequences per optimizer step (steps = the run's `steps`)
+    micro_batch_size: int = 8
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = True  # evaluate before and after training
+    # load_problems sources; each problem's split ("test", "ood") names its row in the report
+    problems: list[str] = field(default_factory=lambda: ["builtin:all:3:test:64", "builtin:all:3:ood:64"])
+    n: int = 8  # samples per problem
+    ks: list[int] = field(default_factory=lambda: [1, 8])
+    temperature: float = 1.0  # 0 = greedy
+    max_new_tokens: int = 64
+    batch_size: int = 64
+
+
+@dataclass
+class DeepSpeedConfig:
+    config: str | None = None  # a DeepSpeed JSON file; None = derived from this config (ZeRO-3)
+    offload: bool = False  # ZeRO-3 optimizer and parameter offload to CPU
+
+
+@dataclass
+class TrainConfig:
+    """The whole run. Its defaults are the embedded default run (`exprl train` with no arguments):
+    ExpRL-Outcome with the rubric judge on the hard level (3) from the shipped tiny model, on CPU."""
+
+    name: str = "exprl-outcome-tiny"
+    method: Literal["rl", "sft"] = "rl"
+    seed: int = 0
+    steps: int = 40  # optimizer steps (rl: one rollout batch each; sft: one sft.batch_size batch each)
+    output_dir: str = "runs"
+    checkpoint_every: int = 20  # 0 = only at the end
+    resume: Literal["auto", "never"] = "auto"  # auto: continue from runs/<name>/checkpoints if present
+    export: bool = True  # Hugging Face export of the final policy to runs/<name>/export
+    progress: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+
+    @property
+    def run_dir(self) -> pathlib.Path:
+        return pathlib.Path(self.output_dir) / self.name
+
+
+def load_config(path: str | pathlib.Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Read a YAML config (None = all defaults), apply `key=value` overrides, validate.
+
+    Raises ValueError naming the key and the file for unknown keys, wrong types or bad values,
+    and FileNotFoundError for a missing config file.
+    """
+    raw: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        p = pathlib.Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file not found: {source}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ValueError(f"{source}: not valid YAML: {e}") from e
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValueError(
+                f"{source}: the top level must be a mapping of keys, got {type(loaded).__name__}"
+            )
+        raw = loaded or {}
+    cfg = _build(TrainConfig, raw, prefix="", source=source)
+    for item in overrides:
+        apply_override(cfg, item)
+    validate(cfg, source)
+    return cfg
+
+
+def apply_override(cfg: TrainConfig, item: str) -> None:
+    """Set one `dotted.key=value` on `cfg`; the value is parsed as YAML (so `0.1`, `true`, `[1, 8]`)."""
+    if "=" not in item:
+        raise ValueError(f"override {item!r}: expected key=value, e.g. rollout.group_size=4")
+    key, text = item.split("=", 1)
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as e:
+        raise ValueError(f"override {key}: cannot parse value {text!r}: {e}") from e
+    parts = key.strip().split(".")
+    node: Any = cfg
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(node):
+            raise ValueError(f"override: unknown key {key!r}")
+        hints = typing.get_type_hints(type(node))
+        if part not in hints:
+            raise ValueError(f"override: unknown key {key!r} (valid here: {', '.join(sorted(hints))})")
+        if i == len(parts) - 1:
+            setattr(node, part, _coerce(hints[part], value, ".".join(parts), "override"))
+        else:
+            node = getattr(node, part)
+
+
+def validate(cfg: TrainConfig, source: str = "<config>") -> None:
+    """Range and consistency checks that types alone do not express; errors name the key and file."""
+
+    def fail(key: str, why: str) -> None:
+        raise ValueError(f"{source}: {key}: {why}")
+
+    if not cfg.name or "/" in cfg.name:
+        fail("name", f"must be a non-empty name without '/', got {cfg.name!r}")
+    if cfg.steps < 1:
+        fail("steps", f"must be >= 1, got {cfg.steps}")
+    if cfg.checkpoint_every < 0:
+        fail("checkpoint_every", f"must be >= 0, got {cfg.checkpoint_every}")
+    r, a = cfg.rollout, cfg.algo
+    for key, v in (
+        ("rollout.prompts_per_step", r.prompts_per_step),
+        ("rollout.group_size", r.group_size),
+        ("rollout.max_new_tokens", r.max_new_tokens),
+        ("algo.ppo_epochs", a.ppo_epochs),
+        ("algo.mini_batches", a.mini_batches),
+        ("algo.micro_batch_size", a.micro_batch_size),
+        ("sft.batch_size", cfg.sft.batch_size),
+        ("sft.micro_batch_size", cfg.sft.micro_batch_size),
+        ("eval.n", cfg.eval.n),
+        ("eval.max_new_tokens", cfg.eval.max_new_tokens),
+        ("eval.batch_size", cfg.eval.batch_size),
+    ):
+        if v < 1:
+            fail(key, f"must be >= 1, got {v}")
+    if r.temperature <= 0:
+        fail("rollout.temperature", f"must be > 0, got {r.temperature}")
+    if not 0 < r.top_p <= 1:
+        fail("rollout.top_p", f"must be in (0, 1], got {r.top_p}")
+    if cfg.eval.temperature < 0:
+        fail("eval.temperature", f"must be >= 0 (0 = greedy), got {cfg.eval.temperature}")
+    from exprl.rewards import REWARDS
+
+    for key, name in (("reward.name", cfg.reward.name), ("reward.sparse", cfg.reward.sparse)):
+        if name not in REWARDS:
+            fail(key, f"unknown reward {name!r}; choose one of {', '.join(sorted(REWARDS))}")
+    _check_reward_options(cfg, fail)
+    if cfg.reward.mode == "process" and cfg.reward.name not in JUDGES:
+        fail("reward.mode", f"process rewards need a judge ({', '.join(JUDGES)}), not {cfg.reward.name!r}")
+    if a.advantage not in ADVANTAGES:
+        fail("algo.advantage", f"unknown {a.advantage!r}; choose one of {', '.join(ADVANTAGES)}")
+    if a.advantage.startswith("process") and cfg.reward.mode != "process":
+        fail("algo.advantage", f"{a.advantage} needs per-segment scores: set reward.mode: process")
+    if a.advantage == "grpo" and cfg.reward.mode == "process":
+        fail("reward.mode", "process scores need a process-* advantage (algo.advantage)")
+    if a.loss_agg not in LOSS_AGGS:
+        fail("algo.loss_agg", f"unknown {a.loss_agg!r}; choose one of {', '.join(LOSS_AGGS)}")
+    if a.clip_low < 0 or a.clip_high < 0:
+        fail("algo.clip_low/clip_high", "must be >= 0")
+    if a.dual_clip is not None and a.dual_clip <= 1:
+        fail("algo.dual_clip", f"must be > 1 or null, got {a.dual_clip}")
+    for key, v in (
+        ("algo.kl_coef", a.kl_coef),
+        ("algo.entropy_coef", a.entropy_coef),
+        ("optim.weight_decay", cfg.optim.weight_decay),
+        ("optim.warmup_steps", cfg.optim.warmup_steps),
+        ("optim.grad_clip", cfg.optim.grad_clip),
+    ):
+        if v < 0:
+            fail(key, f"must be >= 0, got {v}")
+    if cfg.optim.lr <= 0:
+        fail("optim.lr", f"must be > 0, got {cfg.optim.lr}")
+    if any(k < 1 or k > cfg.eval.n for k in cfg.eval.ks):
+        fail("eval.ks", f"every k must be in [1, eval.n={cfg.eval.n}], got {cfg.eval.ks}")
+    if cfg.eval.enabled and not cfg.eval.problems:
+        fail("eval.problems", "list at least one problem source, or set eval.enabled: false")
+    if cfg.deepspeed.config is not None and not pathlib.Path(cfg.deepspeed.config).is_file():
+        fail("deepspeed.config", f"file not found: {cfg.deepspeed.config}")
+
+
+def _check_reward_options(cfg: TrainConfig, fail) -> None:
+    """reward.options must be keyword arguments of the reward's constructor (checked without building it:
+    a model judge would load its model)."""
+    import importlib
+    import inspect
+
+    from exprl.rewards import REWARDS
+
+    module, cls_name = REWARDS[cfg.reward.name]
+    params = inspect.signature(getattr(importlib.import_module(module), cls_name)).parameters
+    accepted = {p for p in params if p != "self"} - {"mode", "delimiter"}
+    for key in cfg.reward.options:
+        if key not in accepted:
+            fail(
+                f"reward.options.{key}",
+                f"not an option of reward {cfg.reward.name!r} "
+                f"(it takes: {', '.join(sorted(accepted))}; mode and delimiter are reward.mode and "
+                "reward.delimiter)",
+            )
+
+
+def batch_layout(cfg: TrainConfig, world_size: int, source: str = "<config>") -> tuple[int, int]:
+    """(sequences per rank per optimizer step, gradient accumulation steps) for an RL run on `world_size`
+    ranks; ValueError when the rollout batch does not split evenly."""
+    total = cfg.rollout.prompts_per_step * cfg.rollout.group_size
+    if cfg.rollout.prompts_per_step % world_size:
+        raise ValueError(
+            f"{source}: rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be a multiple of the "
+            f"world size {world_size}"
+        )
+    per_rank = total // world_size
+    mini, micro = cfg.algo.mini_batches, cfg.algo.micro_batch_size
+    if per_rank % (mini * micro):
+        raise ValueError(
+            f"{source}: each rank holds {per_rank} rollouts per step (prompts_per_step*group_size/world), "
+            f"which must be a multiple of algo.mini_batches*algo.micro_batch_size = {mini * micro}"
+        )
+    return per_rank // mini, per_rank // (mini * micro)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain YAML-ready data (tuples become lists)."""
+    out = dataclasses.asdict(cfg)
+
+    def plain(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+
+    return plain(out)
+
+
+def save_config(cfg: TrainConfig, path: str | pathlib.Path) -> None:
+    pathlib.Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str, source: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source}: {prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(raw) - set(hints))
+    if unknown:
+        raise ValueError(
+            f"{source}: unknown key {prefix + unknown[0]!r} (valid here: {', '.join(sorted(hints))})"
+        )
+    values = {k: _coerce(hints[k], v, prefix + k, source) for k, v in raw.items()}
+    return cls(**values)
+
+
+def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
+    """Check `value` against the annotation `tp` and convert where lossless (int -> float, list -> tuple)."""
+
+    def bad(expected: str) -> ValueError:
+        return ValueError(f"{source}: {key}: expected {expected}, got {value!r} ({type(value).__name__})")
+
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".", source)
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key, source)
+    if origin is Literal:
+        if value not in args:
+            raise bad("one of " + ", ".join(repr(a) for a in args))
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise bad("a list")
+        return [_coerce(args[0], v, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise bad(f"a list of {len(args)} values")
+        return tuple(
+            _coerce(t, v, f"{key}[{i}]", source) for i, (t, v) in enumerate(zip(args, value, strict=True))
+        )
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad("a mapping")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # PyYAML reads "1e-5" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad("a number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if tp is Any:
+        return value
+    raise TypeError(f"config field {key} has an unsupported annotation {tp!r}")

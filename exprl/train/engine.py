@@ -1,0 +1,181 @@
+"""DeepSpeed plumbing: process group, model loading, ZeRO-3 config derivation and engine construction.
+
+Everything DeepSpeed-specific that the loop needs lives here so `loop.py` reads as the algorithm.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import socket
+from typing import Any
+
+import torch
+
+from exprl.train.config import TrainConfig
+
+
+def on_cuda() -> bool:
+    return torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu"
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join (or create) the process group; returns (rank, world_size).
+
+    Under the `deepspeed` launcher the rank variables are already set. A plain `exprl train` has none,
+    so it becomes a world of one on a free local port. CPU runs use gloo (DS_ACCELERATOR=cpu).
+    """
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    import deepspeed
+
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if on_cuda() else "gloo")
+    if on_cuda():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """ "auto" = bf16 on CUDA devices that support it, else fp32 (CPU training stays in fp32)."""
+    if name == "auto":
+        return torch.bfloat16 if on_cuda() and torch.cuda.is_bf16_supported() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def resolve_model_path(path: str) -> pathlib.Path:
+    """ "tiny" = the shipped tiny base model; anything else must be a local directory with a config.json."""
+    if path == "tiny":
+        from exprl.models import tiny_base_path
+
+        shipped = pathlib.Path(tiny_base_path())
+        if not (shipped / "config.json").is_file():
+            raise FileNotFoundError(
+                f"model.path: 'tiny' names the shipped tiny model, but {shipped} holds no config.json; "
+                "build it with `exprl pretrain` or set model.path to a local Hugging Face model directory"
+            )
+        return shipped
+    p = pathlib.Path(path).expanduser()
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(
+            f"model.path: {path!r} is not a local Hugging Face model directory (no config.json there)"
+        )
+    return p
+
+
+def attn_implementation(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    if on_cuda():
+        try:
+            import flash_attn  # noqa: F401
+
+            return "flash_attention_2"
+        except ImportError:
+            pass
+    return "sdpa"
+
+
+def load_policy(cfg: TrainConfig) -> tuple[torch.nn.Module, Any]:
+    """The policy model and tokenizer from `cfg.model` (any local HF causal LM)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(cfg.model.path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(
+        path,
+        dtype=resolve_dtype(cfg.model.dtype),
+        attn_implementation=attn_implementation(cfg.model.attn_implementation),
+    )
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    return model, tokenizer
+
+
+def deepspeed_config(
+    cfg: TrainConfig, micro_batch_size: int, grad_accum: int, world_size: int, with_optimizer: bool = True
+) -> dict[str, Any]:
+    """The DeepSpeed config for `cfg`: ZeRO-3 always, bf16/fp16 matching the model dtype, our optimizer
+    and warmup schedule. A user JSON (`deepspeed.config`) wins, with batch sizes filled from ours."""
+    if cfg.deepspeed.config is not None:
+        ds = json.loads(pathlib.Path(cfg.deepspeed.config).read_text())
+        if ds.get("zero_optimization", {}).get("stage", 3) != 3:
+            raise ValueError(
+                f"{cfg.deepspeed.config}: zero_optimization.stage must be 3 (exprl is ZeRO-3 only)"
+            )
+    else:
+        dtype = resolve_dtype(cfg.model.dtype)
+        zero: dict[str, Any] = {
+            "stage": 3,
+            "overlap_comm": on_cuda(),
+            "contiguous_gradients": True,
+            "stage3_gather_16bit_weights_on_model_save": True,
+        }
+        if cfg.deepspeed.offload:
+            zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_cuda()}
+            zero["offload_param"] = {"device": "cpu", "pin_memory": on_cuda()}
+        ds = {
+            "zero_optimization": zero,
+            "bf16": {"enabled": dtype == torch.bfloat16},
+            "fp16": {"enabled": dtype == torch.float16},
+            "gradient_clipping": cfg.optim.grad_clip,
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+        if with_optimizer:
+            ds["optimizer"] = {
+                "type": "AdamW",
+                "params": {
+                    "lr": cfg.optim.lr,
+                    "betas": list(cfg.optim.betas),
+                    "eps": cfg.optim.eps,
+                    "weight_decay": cfg.optim.weight_decay,
+                    # torch's AdamW: no JIT-compiled fused/CPU Adam op needed on any machine
+                    "torch_adam": True,
+                },
+            }
+        if with_optimizer and cfg.optim.warmup_steps > 0:
+            # DeepSpeed's linear warmup: lr grows from 0 (first update) to optim.lr over warmup_steps updates
+            ds["scheduler"] = {
+                "type": "WarmupLR",
+                "params": {
+                    "warmup_min_lr": 0.0,
+                    "warmup_max_lr": cfg.optim.lr,
+                    "warmup_num_steps": cfg.optim.warmup_steps,
+                    "warmup_type": "linear",
+                },
+            }
+    ds["train_micro_batch_size_per_gpu"] = micro_batch_size
+    ds["gradient_accumulation_steps"] = grad_accum
+    ds["train_batch_size"] = micro_batch_size * grad_accum * world_size
+    if not with_optimizer:
+        ds.pop("optimizer", None)
+        ds.pop("scheduler", None)
+    return ds
+
+
+def build_engine(model: torch.nn.Module, ds_config: dict[str, Any], trainable: bool = True) -> Any:
+    """A DeepSpeed ZeRO-3 engine around `model`; `trainable=False` builds the frozen reference
+    (sharded the same way, no optimizer, eval mode, no gradients)."""
+    import deepspeed
+
+    if trainable:
+        engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
+        return engine
+    model.requires_grad_(False)
+    engine, *_ = deepspeed.initialize(model=model, config=ds_config)
+    engine.eval()
+    return engine

@@ -1,0 +1,360 @@
+"""The ExpRL / GRPO training loop: sample, score, advantages, loss, step, log, checkpoint.
+
+`run(cfg)` is the whole program; every stage is a function of its own (`step_prompts`, `rollout.generate`,
+`rollout.score`, `compute_advantages`, `micro_batches`, `optimize`) so each can be tested alone.
+
+Batch arithmetic. A step draws `rollout.prompts_per_step` prompts (global), each rank takes an equal
+contiguous share and samples `group_size` responses for each. The rank's rollouts are split into
+`algo.mini_batches` optimizer steps (per PPO epoch), each made of `algo.micro_batch_size`-sequence
+micro-batches accumulated by DeepSpeed. Every micro-batch's loss is normalised by the GLOBAL count of
+its mini-batch (tokens for token-mean, sequences for the seq-mean modes, summed over micro-batches and
+ranks), so the gradient, and the logged loss, do not depend on the rank count or the micro-batch size.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from exprl import batching
+from exprl.data import Problem, load_problems
+from exprl.kernels import entropy_pg_loss, logprobs_and_entropy
+from exprl.train import advantages, checkpoint, report, rollout
+from exprl.train.config import TrainConfig, batch_layout, save_config
+from exprl.train.engine import build_engine, deepspeed_config, init_distributed, load_policy
+
+SEQUENCE_AGGS = ("seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+
+
+def run(cfg: TrainConfig) -> pathlib.Path:
+    """Train by `cfg` (RL, or SFT when `cfg.method == "sft"`); returns the run directory."""
+    if cfg.method == "sft":
+        from exprl.train.sft import run_sft
+
+        return run_sft(cfg)
+    rank, world = init_distributed()
+    seed_everything(cfg.seed)
+    run_dir, ckpt_dir = cfg.run_dir, cfg.run_dir / "checkpoints"
+    problems = load_problems(cfg.data.train, seed=cfg.seed)
+    if len(problems) < cfg.rollout.prompts_per_step:
+        raise ValueError(
+            f"data.train: {cfg.data.train!r} holds {len(problems)} problems, fewer than "
+            f"rollout.prompts_per_step={cfg.rollout.prompts_per_step}"
+        )
+    _, grad_accum = batch_layout(cfg, world)
+    model, tokenizer = load_policy(cfg)
+    engine = build_engine(model, deepspeed_config(cfg, cfg.algo.micro_batch_size, grad_accum, world))
+    ref = None
+    if cfg.algo.kl_coef > 0:
+        ref_ds = deepspeed_config(cfg, cfg.algo.micro_batch_size, grad_accum, world, with_optimizer=False)
+        ref = build_engine(load_policy(cfg)[0], ref_ds, trainable=False)
+    judge, verifier = rollout.build_rewards(cfg)
+
+    state: dict[str, Any] = {
+        "step": 0,
+        "seen": [],
+        "unsolved_first": [],
+        "became_solved": [],
+        "eval_before": None,
+    }
+    tag = checkpoint.latest(ckpt_dir) if cfg.resume == "auto" else None
+    if tag is not None:
+        state = checkpoint.load(engine, ckpt_dir, tag)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        report.truncate_metrics(run_dir / "metrics.jsonl", after_step=state["step"])
+    if cfg.eval.enabled and state["eval_before"] is None:
+        state["eval_before"] = report.evaluate_policy(engine, tokenizer, cfg, stage="before")
+
+    logger = report.make_logger(run_dir, rank)
+    bar = report.progress(cfg, start=state["step"], enabled=rank == 0 and cfg.progress)
+    saved_at = state["step"] if tag is not None else -1
+    for step in range(state["step"], cfg.steps):
+        metrics = train_step(engine, ref, tokenizer, judge, verifier, problems, cfg, step, state)
+        logger.log(step + 1, metrics)
+        bar.update(1)
+        bar.set_postfix(report.postfix(metrics), refresh=False)
+        state["step"] = step + 1
+        if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0:
+            checkpoint.save(engine, ckpt_dir, state["step"], state)
+            saved_at = state["step"]
+    bar.close()
+    if saved_at != state["step"]:
+        checkpoint.save(engine, ckpt_dir, state["step"], state)
+    report.finish(engine, tokenizer, cfg, state, logger, rank)
+    return run_dir
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def step_prompts(n_problems: int, prompts_per_step: int, step: int, seed: int, shuffle: bool) -> list[int]:
+    """Indices into the training problems for `step`: a seeded permutation per epoch, consumed in order
+    (the data position is just the step, so a resumed run continues exactly)."""
+    out = []
+    for position in range(step * prompts_per_step, (step + 1) * prompts_per_step):
+        epoch, offset = divmod(position, n_problems)
+        if shuffle:
+            order = torch.randperm(
+                n_problems, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)
+            )
+            out.append(int(order[offset]))
+        else:
+            out.append(offset)
+    return out
+
+
+def train_step(
+    engine,
+    ref,
+    tokenizer,
+    judge,
+    verifier,
+    problems: Sequence[Problem],
+    cfg: TrainConfig,
+    step: int,
+    state: dict[str, Any],
+) -> dict[str, float]:
+    """One RL step on this rank's share of the step's prompts; returns global metrics (all ranks agree)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    indices = step_prompts(len(problems), cfg.rollout.prompts_per_step, step, cfg.seed, cfg.data.shuffle)
+    share = cfg.rollout.prompts_per_step // world
+    mine = range(rank * share, (rank + 1) * share)
+    t0 = time.perf_counter()
+    ro = rollout.generate(
+        engine,
+        tokenizer,
+        [problems[indices[j]] for j in mine],
+        [step * cfg.rollout.prompts_per_step + j for j in mine],
+        cfg,
+        step,
+    )
+    t1 = time.perf_counter()
+    rollout.score(ro, judge, verifier)
+    t2 = time.perf_counter()
+    token_adv = compute_advantages(ro, tokenizer, cfg)
+    train_stats = optimize(engine, ref, ro, token_adv, tokenizer.pad_token_id, cfg)
+    t3 = time.perf_counter()
+    metrics = rollout_metrics(ro, cfg.rollout.group_size, state)
+    metrics.update(train_stats)
+    gen_tokens = global_sum([float(sum(len(r) for r in ro.response_ids))])[0]
+    metrics.update(
+        {
+            "time/generation": t1 - t0,
+            "time/scoring": t2 - t1,
+            "time/training": t3 - t2,
+            "throughput/generated_tokens_per_s": gen_tokens / max(t1 - t0, 1e-9),
+            "throughput/trained_tokens_per_s": train_stats["tokens"]
+            * cfg.algo.ppo_epochs
+            / max(t3 - t2, 1e-9),
+            "lr": float(engine.get_lr()[0]),
+        }
+    )
+    return metrics
+
+
+def compute_advantages(ro: rollout.Rollouts, tokenizer, cfg: TrainConfig) -> list[Tensor]:
+    """Per rollout, float32 (R_i,) advantages of its response tokens, from the registered estimator."""
+    segment_ids: list[Tensor] | None = None
+    if cfg.algo.advantage.startswith("process"):
+        from exprl.rewards.segments import token_segment_ids
+
+        segment_ids = [token_segment_ids(ids, tokenizer, cfg.reward.delimiter) for ids in ro.response_ids]
+    estimator = advantages.get(cfg.algo.advantage)
+    return estimator(
+        ro.scores,
+        cfg.rollout.group_size,
+        response_lengths=[len(r) for r in ro.response_ids],
+        token_segment_ids=segment_ids,
+        scale=cfg.algo.scale,
+    )
+
+
+@dataclass
+class MicroBatch:
+    """Training tensors of a few rollouts, padded (B, L); `advantages` and `mask` align with `target_ids`."""
+
+    batch: batching.RolloutBatch
+    advantages: Tensor  # float32 (B, L), 0 off the response
+    mask: Tensor  # bool (B, L): response tokens of rollouts that were graded
+    old_logprobs: Tensor | None = None  # float32 (B, L)
+    ref_logprobs: Tensor | None = None  # float32 (B, L)
+
+    @property
+    def tokens(self) -> int:
+        return int(self.mask.sum())
+
+    @property
+    def sequences(self) -> int:
+        return int((self.mask.sum(1) > 0).sum())
+
+
+def micro_batches(
+    ro: rollout.Rollouts, token_adv: Sequence[Tensor], pad_id: int, size: int, device: torch.device
+) -> list[MicroBatch]:
+    """Rollouts -> `size`-sequence micro-batches through `exprl.batching.build_rollout_batch`.
+    Dropped rollouts (score None) keep their place with an all-zero mask."""
+    out = []
+    for start in range(0, len(ro), size):
+        rows = range(start, min(start + size, len(ro)))
+        batch = batching.build_rollout_batch(
+            [ro.prompt_ids[i] for i in rows],
+            [ro.response_ids[i] for i in rows],
+            pad_id,
+            layout="padded",
+            truncated=[ro.truncated[i] for i in rows],
+        )
+        mask = batch.response_mask.clone()
+        adv = torch.zeros(mask.shape, dtype=torch.float32)
+        for b, i in enumerate(rows):
+            # response_mask marks the positions that predict response tokens, in order: scatter there
+            adv[b, batch.response_mask[b]] = token_adv[i]
+            if ro.scores[i] is None:
+                mask[b] = False
+        out.append(MicroBatch(batch.to(device), adv.to(device), mask.to(device)))
+    return out
+
+
+def forward_logits(engine, mb: MicroBatch) -> Tensor:
+    b = mb.batch
+    return engine(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids).logits
+
+
+def optimize(
+    engine, ref, ro: rollout.Rollouts, token_adv: Sequence[Tensor], pad_id: int, cfg: TrainConfig
+) -> dict[str, float]:
+    """PPO epochs over the rollouts: old/ref log-probs first, then mini-batch optimizer steps with
+    gradient accumulation over micro-batches. Returns global means (loss, entropy, kl, clip_frac, ...)."""
+    a, world = cfg.algo, dist.get_world_size()
+    mbs = micro_batches(ro, token_adv, pad_id, a.micro_batch_size, engine.device)
+    on_policy = a.ppo_epochs == 1 and a.mini_batches == 1  # old == current policy: ratio is exactly 1
+    with torch.no_grad():
+        for mb in mbs:
+            if ref is not None:
+                mb.ref_logprobs = logprobs_and_entropy(
+                    forward_logits(ref, mb), mb.batch.target_ids, temperature=cfg.rollout.temperature
+                )[0]
+            if not on_policy:
+                mb.old_logprobs = logprobs_and_entropy(
+                    forward_logits(engine, mb), mb.batch.target_ids, temperature=cfg.rollout.temperature
+                )[0]
+    per_mini = len(mbs) // a.mini_batches
+    sums = {"loss": 0.0, "entropy": 0.0, "kl": 0.0, "clip_frac": 0.0}
+    grad_norms, updates, tokens = [], 0, 0.0
+    engine.train()
+    for _ in range(a.ppo_epochs):
+        for m in range(a.mini_batches):
+            group = mbs[m * per_mini : (m + 1) * per_mini]
+            n_tokens, n_seqs = global_sum(
+                [float(sum(mb.tokens for mb in group)), float(sum(mb.sequences for mb in group))]
+            )
+            for mb in group:
+                logits = forward_logits(engine, mb)
+                out = entropy_pg_loss(
+                    logits,
+                    mb.batch.target_ids,
+                    mb.advantages,
+                    mask=mb.mask,
+                    old_logprobs=mb.old_logprobs,
+                    ref_logprobs=mb.ref_logprobs,
+                    temperature=cfg.rollout.temperature,
+                    clip_low=a.clip_low,
+                    clip_high=a.clip_high,
+                    dual_clip=a.dual_clip,
+                    kl_coef=a.kl_coef,
+                    kl_estimator=a.kl_estimator,
+                    entropy_coef=a.entropy_coef,
+                    loss_agg=a.loss_agg,
+                    norm_tokens=max(n_tokens, 1.0) if a.loss_agg == "token-mean" else None,
+                    max_len=cfg.rollout.max_new_tokens if a.loss_agg == "seq-mean-token-sum-norm" else None,
+                    backend=a.loss_backend,
+                )
+                # seq-mean modes average over this micro-batch's sequences: reweight to the global count
+                share = mb.sequences / max(n_seqs, 1.0) if a.loss_agg in SEQUENCE_AGGS else 1.0
+                loss = out.loss * share
+                # DeepSpeed averages gradients over ranks (and would divide by the accumulation steps):
+                # undo both so the gradient is that of the globally normalised loss
+                engine.backward(loss * world, scale_wrt_gas=False)
+                engine.step()
+                k = mb.tokens
+                sums["loss"] += float(loss.detach())
+                sums["entropy"] += float(out.stats["entropy"]) * k
+                sums["kl"] += float(out.stats["kl"]) * k
+                sums["clip_frac"] += float(out.stats["clip_frac"]) * k
+            norm = engine.get_global_grad_norm()
+            grad_norms.append(float(norm) if norm is not None else float("nan"))
+            updates += 1
+            tokens += n_tokens
+    loss, ent, kl, clip = global_sum([sums["loss"], sums["entropy"], sums["kl"], sums["clip_frac"]])
+    return {
+        "loss": loss / updates,
+        "entropy": ent / max(tokens, 1.0),
+        "kl": kl / max(tokens, 1.0),
+        "clip_frac": clip / max(tokens, 1.0),
+        "grad_norm": sum(grad_norms) / len(grad_norms),
+        "tokens": tokens / a.ppo_epochs,
+    }
+
+
+def rollout_metrics(ro: rollout.Rollouts, group_size: int, state: dict[str, Any]) -> dict[str, float]:
+    """Global rollout statistics; also updates the run's record of prompts that were unsolved at their
+    first appearance and later solved (`state`, saved in checkpoints)."""
+    kept = [s for s in ro.scores if s is not None]
+    judge_sum = sum(float(np.mean(s)) if isinstance(s, list) else float(s) for s in kept)
+    solved = [max(ro.correct[i : i + group_size]) > 0 for i in range(0, len(ro), group_size)]
+    ids = [ro.problems[i].id for i in range(0, len(ro), group_size)]
+    n, kept_n, judge_sum, correct_sum, solved_sum, length_sum, trunc_sum = global_sum(
+        [
+            float(len(ro)),
+            float(len(kept)),
+            judge_sum,
+            float(sum(ro.correct)),
+            float(sum(solved)),
+            float(sum(len(r) for r in ro.response_ids)),
+            float(sum(ro.truncated)),
+        ]
+    )
+    everyone: list[list[tuple[str, bool]]] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(everyone, list(zip(ids, solved, strict=True)))
+    seen_unsolved, became = set(state["unsolved_first"]), set(state["became_solved"])
+    seen = set(state["seen"])
+    for pid, ok in (pair for rank_pairs in everyone for pair in rank_pairs):
+        if pid not in seen and not ok:
+            seen_unsolved.add(pid)
+        elif ok and pid in seen_unsolved:
+            became.add(pid)
+        seen.add(pid)
+    state.update(unsolved_first=sorted(seen_unsolved), became_solved=sorted(became), seen=sorted(seen))
+    prompts = n / group_size
+    return {
+        "reward/judge": judge_sum / max(kept_n, 1.0),
+        "reward/sparse": correct_sum / n,
+        "pass_rate": solved_sum / prompts,
+        "response_length": length_sum / n,
+        "truncation_rate": trunc_sum / n,
+        "dropped_rollouts": n - kept_n,
+        "prompts/unsolved_became_solved": float(len(became)),
+        "prompts/unsolved_seen": float(len(seen_unsolved)),
+    }
+
+
+def global_sum(values: list[float]) -> list[float]:
+    """Element-wise sum over ranks of a few floats (one all-reduce, float64 for exact counts)."""
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return [float(v) for v in t]

@@ -1,0 +1,134 @@
+"""What a run shows and leaves behind: progress bar, metrics log, before/after evaluation, the final table,
+plots and the Hugging Face export of the policy."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from exprl.train.config import TrainConfig
+from exprl.train.metrics import MetricsLogger
+
+POSTFIX_KEYS = {"reward/judge": "reward", "pass_rate": "pass", "entropy": "ent", "kl": "kl", "loss": "loss"}
+
+
+def make_logger(run_dir: pathlib.Path, rank: int) -> MetricsLogger:
+    return MetricsLogger(run_dir, enabled=rank == 0)
+
+
+def progress(cfg: TrainConfig, start: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.steps, initial=start, desc=cfg.name, disable=not enabled, dynamic_ncols=True)
+
+
+def postfix(metrics: dict[str, float]) -> dict[str, str]:
+    """The live figures of the progress bar."""
+    return {short: f"{metrics[key]:.3g}" for key, short in POSTFIX_KEYS.items() if key in metrics}
+
+
+def truncate_metrics(path: pathlib.Path, after_step: int) -> None:
+    """Drop records logged after `after_step` (a killed run logs steps its last checkpoint does not hold;
+    the resumed run logs them again)."""
+    if not path.is_file():
+        return
+    lines = [
+        ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= after_step
+    ]
+    path.write_text("".join(ln + "\n" for ln in lines))
+
+
+def eval_problems(cfg: TrainConfig) -> list:
+    from exprl.data import load_problems
+
+    return [p for source in cfg.eval.problems for p in load_problems(source, seed=cfg.seed)]
+
+
+def evaluate_policy(engine, tokenizer, cfg: TrainConfig, stage: str) -> dict[str, Any]:
+    """pass@k of the current policy on `cfg.eval.problems` (rank 0 samples with the parameters gathered;
+    the other ranks wait). Returns the report as a dict (`EvalReport.to_dict()`), the same on all ranks,
+    and writes runs/<name>/eval_<stage>.json."""
+    from exprl.eval.evaluation import evaluate
+    from exprl.train.rollout import generation_mode, prompt_text
+
+    result: list[Any] = [None]
+    with generation_mode(engine, gather_parameters=True) as model:
+        if dist.get_rank() == 0:
+            e = cfg.eval
+            report = evaluate(
+                model,
+                tokenizer,
+                eval_problems(cfg),
+                n=e.n,
+                ks=e.ks,
+                temperature=e.temperature,
+                max_new_tokens=e.max_new_tokens,
+                seed=cfg.seed,
+                batch_size=e.batch_size,
+                verifier=cfg.reward.sparse,
+                progress=False,
+                format_prompt=lambda p: prompt_text(p, tokenizer, cfg.model.chat_template),
+            )
+            result[0] = report.to_dict()
+            cfg.run_dir.mkdir(parents=True, exist_ok=True)
+            (cfg.run_dir / f"eval_{stage}.json").write_text(json.dumps(result[0], indent=2))
+    dist.broadcast_object_list(result, src=0)
+    return result[0]
+
+
+def comparison_table(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """Markdown: one row per split and k, pass@k before and after training (from `EvalReport.to_dict()`)."""
+    rows = ["| split | metric | before | after | change |", "|---|---|---:|---:|---:|"]
+    for split, metrics in after["splits"].items():
+        old = before["splits"].get(split)
+        for k, value in metrics["pass_at_k"].items():
+            prev = old["pass_at_k"][k] if old else float("nan")
+            rows.append(f"| {split} | pass@{k} | {prev:.3f} | {value:.3f} | {value - prev:+.3f} |")
+        if old:
+            rows.append(
+                f"| {split} | never solved | {old['never_solved']:.3f} | {metrics['never_solved']:.3f} | "
+                f"{metrics['never_solved'] - old['never_solved']:+.3f} |"
+            )
+    return "\n".join(rows)
+
+
+def export_policy(engine, tokenizer, out_dir: pathlib.Path) -> None:
+    """Hugging Face export of the policy: the ZeRO-3 shards gathered into full weights in the training
+    dtype (16-bit on GPUs, fp32 on CPU), plus config, generation config and tokenizer. Collective."""
+    from deepspeed import zero
+
+    module = engine.module
+    with zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+        if dist.get_rank() == 0:
+            state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            out_dir.mkdir(parents=True, exist_ok=True)
+            module.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
+            tokenizer.save_pretrained(out_dir)
+    dist.barrier()
+
+
+def finish(
+    engine, tokenizer, cfg: TrainConfig, state: dict[str, Any], logger: MetricsLogger, rank: int
+) -> None:
+    """After the last step: evaluate, export, plot, and print where everything is."""
+    table = None
+    if cfg.eval.enabled:
+        after = evaluate_policy(engine, tokenizer, cfg, stage="after")
+        table = comparison_table(state["eval_before"], after)
+    if cfg.export:
+        export_policy(engine, tokenizer, cfg.run_dir / "export")
+    if rank == 0:
+        logger.plot()
+        logger.close()
+        lines = [f"\nrun directory: {cfg.run_dir}"]
+        if table is not None:
+            (cfg.run_dir / "summary.md").write_text(table + "\n")
+            lines = ["", table, *lines]
+        lines.append("  metrics.jsonl, tb/, plots/*.png, checkpoints/" + (", export/" if cfg.export else ""))
+        print("\n".join(lines), flush=True)
+    if torch.distributed.is_initialized():
+        dist.barrier()

@@ -1,0 +1,149 @@
+"""Rollout and scoring: problems -> G sampled responses each -> judge and verifier scores.
+
+Sampling is seeded per prompt from (run seed, step, global prompt index), so the rollouts of a step do
+not depend on how the step's prompts are split over ranks or on anything sampled before: a resumed run
+and a run on another number of ranks draw exactly the same responses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from exprl.data import Problem
+from exprl.models.generation import sample
+from exprl.rewards.base import RewardSource, Rollout
+from exprl.train.config import JUDGES, TrainConfig
+
+
+@dataclass
+class Rollouts:
+    """The G responses of each of a rank's prompts, prompt-major (rollout i belongs to prompt i // G)."""
+
+    problems: list[Problem]  # one per rollout
+    prompt_ids: list[Tensor]  # int64 (P_i,)
+    response_ids: list[Tensor]  # int64 (R_i,), ends with eos unless truncated
+    texts: list[str]
+    truncated: list[bool]
+    scores: list[float | list[float] | None] = field(default_factory=list)  # judge, after truncation rule
+    correct: list[float] = field(default_factory=list)  # sparse verifier: 1.0 right answer, 0.0 otherwise
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def prompt_text(problem: Problem, tokenizer, chat_template: str) -> str:
+    """The policy's input: the bare problem prompt (never the reference), wrapped in the tokenizer's chat
+    template when it has one and `chat_template` is "auto"."""
+    if chat_template == "auto" and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": problem.prompt}], tokenize=False, add_generation_prompt=True
+        )
+    return problem.prompt
+
+
+def sample_seed(seed: int, step: int, prompt_index: int) -> int:
+    """A 63-bit generator seed for one prompt's G samples at `step` (stable across processes)."""
+    digest = hashlib.sha256(f"exprl-rollout:{seed}:{step}:{prompt_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+@contextlib.contextmanager
+def generation_mode(engine, gather_parameters: bool) -> Iterator[torch.nn.Module]:
+    """The policy module, ready for `generate` under ZeRO-3.
+
+    gather_parameters=True gathers every parameter once (and lifts ZeRO's per-module fetch hooks) for the
+    whole rollout, so decoding is not an all-gather per token; False leaves the parameters sharded and
+    relies on `generate(synced_gpus=True)` (transformers turns it on under ZeRO-3 with several ranks).
+    """
+    if gather_parameters:
+        from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
+
+        with unwrap_model_for_generation(engine) as module:
+            yield module
+    else:
+        from transformers.integrations import HfDeepSpeedConfig
+
+        # transformers turns on synced_gpus while a HfDeepSpeedConfig with ZeRO-3 is alive (a weak
+        # reference): keep one for this rollout only, so rank 0 alone can still generate for evaluation
+        marker = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}})
+        try:
+            yield engine.module
+        finally:
+            del marker
+
+
+def generate(
+    engine, tokenizer, problems: Sequence[Problem], global_indices: Sequence[int], cfg: TrainConfig, step: int
+) -> Rollouts:
+    """G samples for each problem (temperature, top-p, max new tokens, stop at eos)."""
+    r = cfg.rollout
+    out = Rollouts([], [], [], [], [])
+    with generation_mode(engine, r.gather_parameters) as model:
+        for problem, index in zip(problems, global_indices, strict=True):
+            samples = sample(
+                model,
+                tokenizer,
+                [prompt_text(problem, tokenizer, cfg.model.chat_template)],
+                r.group_size,
+                max_new_tokens=r.max_new_tokens,
+                temperature=r.temperature,
+                top_p=r.top_p,
+                generator_seed=sample_seed(cfg.seed, step, index),
+            )
+            for s in samples:
+                out.problems.append(problem)
+                out.prompt_ids.append(s.prompt_ids)
+                out.response_ids.append(s.response_ids)
+                out.texts.append(s.text)
+                out.truncated.append(s.truncated)
+    return out
+
+
+def score(rollouts: Rollouts, judge: RewardSource, verifier: RewardSource) -> None:
+    """Fill `rollouts.scores` (judge) and `rollouts.correct` (sparse verifier) in place.
+
+    Contract (DESIGN §1): a truncated rollout gets reward 0 (per segment: all zeros, so all its process
+    advantages are 0); a rollout the judge cannot grade (None) is dropped (None), as is a segment list
+    whose length disagrees with the response's segments. A judge that raises is a bug: the error propagates.
+    """
+    from exprl.rewards.segments import split_segments
+
+    batch = [
+        Rollout(p, t, tr)
+        for p, t, tr in zip(rollouts.problems, rollouts.texts, rollouts.truncated, strict=True)
+    ]
+    scores = list(judge.score(batch))
+    if len(scores) != len(batch):
+        raise ValueError(f"reward {judge.name!r} returned {len(scores)} scores for {len(batch)} rollouts")
+    delimiter = getattr(judge, "delimiter", "###")
+    for i, (s, rollout) in enumerate(zip(scores, batch, strict=True)):
+        if s is None:
+            continue
+        if judge.granularity == "segment":
+            if not isinstance(s, list | tuple) or len(s) != len(split_segments(rollout.response, delimiter)):
+                judge.counters["segment_mismatch"] = judge.counters.get("segment_mismatch", 0) + 1
+                scores[i] = None
+                continue
+            scores[i] = [0.0] * len(s) if rollout.truncated else [float(v) for v in s]
+        else:
+            scores[i] = 0.0 if rollout.truncated else float(s)
+    rollouts.scores = scores
+    correct = verifier.score(batch)
+    rollouts.correct = [0.0 if c is None else float(c) for c in correct]
+
+
+def build_rewards(cfg: TrainConfig) -> tuple[RewardSource, RewardSource]:
+    """(judge, sparse verifier) from `cfg.reward`. Judges get the mode and delimiter; verifiers grade the
+    final answer only."""
+    from exprl.rewards import build_reward
+
+    options = dict(cfg.reward.options)
+    if cfg.reward.name in JUDGES:  # judges grade against the reference, per response or per segment
+        options.update(mode=cfg.reward.mode, delimiter=cfg.reward.delimiter)
+    return build_reward(cfg.reward.name, **options), build_reward(cfg.reward.sparse)
