@@ -78,6 +78,7 @@ class ExperimentConfig:
     eval: EvalSettings
     overrides: list[str] = field(default_factory=list)  # applied to every stage of every method
     work_dir: Path | None = None  # trainer runs (checkpoints, exports); default runs/experiment/<name>
+    source: str = "<dict>"  # the experiment file, for the report
     reward_metric: str = "reward/sparse"  # metrics.jsonl keys plotted over training
     entropy_metric: str = "entropy"
     # Compute-table columns: label -> metric expressions ("name" or "a*b", a per-step product), the first
@@ -268,7 +269,9 @@ def load_experiment_config(path: str | os.PathLike) -> ExperimentConfig:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML: {e}") from e
-    return parse_config(data, source=str(path), base_dir=path.parent)
+    cfg = parse_config(data, source=str(path), base_dir=path.parent)
+    cfg.source = str(path)
+    return cfg
 
 
 # --------------------------------------------------------------------------- orchestration
@@ -422,7 +425,15 @@ def machine_description() -> dict[str, Any]:
     """Where the numbers were measured: OS, CPU count, torch version, accelerator."""
     import torch
 
+    cpu_model = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line
+        ]
+        cpu_model = names[0] if names else cpu_model
     info = {
+        "cpu_model": cpu_model,
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
@@ -576,9 +587,10 @@ def write_report(
     lines = [
         f"# exprl experiment: {cfg.name}",
         "",
-        f"Generated {generated} on {machine['device']} ({machine['cpus']} CPUs visible, "
-        f"{machine['platform']}, torch {machine['torch']}, {machine['torch_threads']} threads).",
-        f"Base model: `{base_model}`. Training seed {cfg.seed}; evaluation seed {ev.seed}.",
+        f"Generated {generated} on {machine['device']} ({machine['cpu_model']}, {machine['cpus']} CPUs "
+        f"visible, {machine['platform']}, torch {machine['torch']}, {machine['torch_threads']} threads).",
+        f"Command: `exprl experiment --config {cfg.source}`. Base model: `{cfg.base_model}` ({base_model}). "
+        f"Training seed {cfg.seed}; evaluation seed {ev.seed}.",
         "",
         "## Compute budget",
         "",
