@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from exprl.eval.report import EvalReport
 from exprl.train.metrics import read_metrics
 
 NO_STAGE1 = "none"  # method name meaning "no Stage I": Stage II starts from the base model
@@ -109,7 +110,7 @@ class StageResult:
 
 
 StageRunner = Callable[[StageSpec], StageResult]
-Evaluator = Callable[[Path], "EvalReport"]  # noqa: F821  (imported lazily: it pulls in the models)
+Evaluator = Callable[[Path], EvalReport]
 
 
 # --------------------------------------------------------------------------- config
@@ -813,22 +814,14 @@ def self_distill_stage(spec: StageSpec) -> StageResult:
 def make_evaluator(settings: EvalSettings, progress: bool = True) -> Evaluator:
     """An evaluator that loads a model directory and runs `evaluate` with the experiment's settings."""
 
-    def evaluate_model(model_dir: Path):
-        import torch
-
+    def evaluate_model(model_dir: Path) -> EvalReport:
         from exprl.data import load_problems
-        from exprl.eval.evaluation import evaluate
-        from exprl.models import load_model_and_tokenizer
-        from exprl.train.rollout import prompt_text
+        from exprl.eval.cli import evaluate_model_dir
 
-        problems = [p for spec in settings.tasks for p in load_problems(spec)]
-        model, tokenizer = load_model_and_tokenizer(model_dir)
-        if torch.cuda.is_available():
-            model = model.cuda()
-        return evaluate(
-            model,
-            tokenizer,
-            problems,
+        return evaluate_model_dir(
+            model_dir,
+            [p for spec in settings.tasks for p in load_problems(spec)],
+            chat_template=settings.chat_template,
             n=settings.n,
             ks=settings.ks,
             temperature=settings.temperature,
@@ -837,7 +830,6 @@ def make_evaluator(settings: EvalSettings, progress: bool = True) -> Evaluator:
             batch_size=settings.batch_size,
             verifier=settings.verifier,
             progress=progress,
-            format_prompt=lambda p: prompt_text(p, tokenizer, settings.chat_template),
         )
 
     return evaluate_model
