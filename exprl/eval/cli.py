@@ -3,6 +3,7 @@
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 DEFAULT_TASKS = "builtin:all:3:test:32,builtin:all:3:ood:32"
 
@@ -52,6 +53,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def evaluate_model_dir(model_dir: Path, problems: list, *, chat_template: str = "auto", **options: Any):
+    """Load a Hugging Face model directory (on CUDA when there is one) and `evaluate` it on `problems`,
+    prompts formatted as the trainer formats them (`chat_template` "auto" | "never"). `options` are the
+    keyword arguments of `exprl.eval.evaluate` (n, ks, temperature, ...). Returns the EvalReport."""
+    import torch
+
+    from exprl.eval.evaluation import evaluate
+    from exprl.models import load_model_and_tokenizer
+    from exprl.train.rollout import prompt_text
+
+    model, tokenizer = load_model_and_tokenizer(model_dir)
+    if torch.cuda.is_available():
+        model = model.cuda()
+    return evaluate(
+        model,
+        tokenizer,
+        problems,
+        format_prompt=lambda p: prompt_text(p, tokenizer, chat_template),
+        **options,
+    )
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -62,12 +85,8 @@ def main(argv: list[str]) -> int:
         print(f"exprl eval: {e}", file=sys.stderr)
         return 2
 
-    import torch
-
     from exprl.data import load_problems
-    from exprl.eval.evaluation import evaluate
-    from exprl.models import load_model_and_tokenizer, tiny_base_path
-    from exprl.train.rollout import prompt_text
+    from exprl.models import tiny_base_path
 
     model_path = Path(args.model) if args.model else tiny_base_path()
     try:
@@ -75,13 +94,10 @@ def main(argv: list[str]) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"exprl eval: --tasks: {e}", file=sys.stderr)
         return 2
-    model, tokenizer = load_model_and_tokenizer(model_path)
-    if torch.cuda.is_available():
-        model = model.cuda()
-    report = evaluate(
-        model,
-        tokenizer,
+    report = evaluate_model_dir(
+        model_path,
         problems,
+        chat_template=args.chat_template,
         n=args.n,
         ks=ks,
         temperature=args.temperature,
@@ -90,7 +106,6 @@ def main(argv: list[str]) -> int:
         batch_size=args.batch_size,
         verifier=args.verifier,
         progress=not args.no_progress,
-        format_prompt=lambda p: prompt_text(p, tokenizer, args.chat_template),
     )
     report.settings.update(model=str(model_path), tasks=args.tasks, chat_template=args.chat_template)
     out = Path(args.out) if args.out else Path("runs") / "eval" / model_path.name

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from exprl.eval.report import EvalReport
 from exprl.train.metrics import read_metrics
 
 NO_STAGE1 = "none"  # method name meaning "no Stage I": Stage II starts from the base model
@@ -78,6 +79,7 @@ class ExperimentConfig:
     eval: EvalSettings
     overrides: list[str] = field(default_factory=list)  # applied to every stage of every method
     work_dir: Path | None = None  # trainer runs (checkpoints, exports); default runs/experiment/<name>
+    source: str = "<dict>"  # the experiment file, for the report
     reward_metric: str = "reward/sparse"  # metrics.jsonl keys plotted over training
     entropy_metric: str = "entropy"
     # Compute-table columns: label -> metric expressions ("name" or "a*b", a per-step product), the first
@@ -108,7 +110,7 @@ class StageResult:
 
 
 StageRunner = Callable[[StageSpec], StageResult]
-Evaluator = Callable[[Path], "EvalReport"]  # noqa: F821  (imported lazily: it pulls in the models)
+Evaluator = Callable[[Path], EvalReport]
 
 
 # --------------------------------------------------------------------------- config
@@ -268,7 +270,9 @@ def load_experiment_config(path: str | os.PathLike) -> ExperimentConfig:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML: {e}") from e
-    return parse_config(data, source=str(path), base_dir=path.parent)
+    cfg = parse_config(data, source=str(path), base_dir=path.parent)
+    cfg.source = str(path)
+    return cfg
 
 
 # --------------------------------------------------------------------------- orchestration
@@ -422,7 +426,15 @@ def machine_description() -> dict[str, Any]:
     """Where the numbers were measured: OS, CPU count, torch version, accelerator."""
     import torch
 
+    cpu_model = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line
+        ]
+        cpu_model = names[0] if names else cpu_model
     info = {
+        "cpu_model": cpu_model,
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
@@ -576,9 +588,10 @@ def write_report(
     lines = [
         f"# exprl experiment: {cfg.name}",
         "",
-        f"Generated {generated} on {machine['device']} ({machine['cpus']} CPUs visible, "
-        f"{machine['platform']}, torch {machine['torch']}, {machine['torch_threads']} threads).",
-        f"Base model: `{base_model}`. Training seed {cfg.seed}; evaluation seed {ev.seed}.",
+        f"Generated {generated} on {machine['device']} ({machine['cpu_model']}, {machine['cpus']} CPUs "
+        f"visible, {machine['platform']}, torch {machine['torch']}, {machine['torch_threads']} threads).",
+        f"Command: `exprl experiment --config {cfg.source}`. Base model: `{cfg.base_model}` ({base_model}). "
+        f"Training seed {cfg.seed}; evaluation seed {ev.seed}.",
         "",
         "## Compute budget",
         "",
@@ -801,22 +814,14 @@ def self_distill_stage(spec: StageSpec) -> StageResult:
 def make_evaluator(settings: EvalSettings, progress: bool = True) -> Evaluator:
     """An evaluator that loads a model directory and runs `evaluate` with the experiment's settings."""
 
-    def evaluate_model(model_dir: Path):
-        import torch
-
+    def evaluate_model(model_dir: Path) -> EvalReport:
         from exprl.data import load_problems
-        from exprl.eval.evaluation import evaluate
-        from exprl.models import load_model_and_tokenizer
-        from exprl.train.rollout import prompt_text
+        from exprl.eval.cli import evaluate_model_dir
 
-        problems = [p for spec in settings.tasks for p in load_problems(spec)]
-        model, tokenizer = load_model_and_tokenizer(model_dir)
-        if torch.cuda.is_available():
-            model = model.cuda()
-        return evaluate(
-            model,
-            tokenizer,
-            problems,
+        return evaluate_model_dir(
+            model_dir,
+            [p for spec in settings.tasks for p in load_problems(spec)],
+            chat_template=settings.chat_template,
             n=settings.n,
             ks=settings.ks,
             temperature=settings.temperature,
@@ -825,7 +830,6 @@ def make_evaluator(settings: EvalSettings, progress: bool = True) -> Evaluator:
             batch_size=settings.batch_size,
             verifier=settings.verifier,
             progress=progress,
-            format_prompt=lambda p: prompt_text(p, tokenizer, settings.chat_template),
         )
 
     return evaluate_model
