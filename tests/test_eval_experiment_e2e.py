@@ -47,7 +47,7 @@ eval: {{tasks: ["builtin:all:1:test:3", "builtin:all:1:ood:3"], n: 4, ks: [1, 4]
 report:
   reward_metric: reward/sparse
   token_counts:
-    trained tokens: [tokens, "throughput/trained_tokens_per_s*time/training"]
+    trained tokens: tokens
 """
 
 
@@ -84,6 +84,14 @@ def test_miniature_experiment_end_to_end(tmp_path):
     assert "self-distill stage 1, outside the trainer's metrics: samples 24" in md
     for name in ("passk", "reward", "entropy"):
         assert (out / "plots" / f"{name}.png").stat().st_size > 0
+    # Every trained run, SFT included, logs its loss tokens as `tokens`: no fallback, nothing missing.
+    compute = md.split("## Compute (measured)\n", 1)[1].strip().split("\n\n")[0]
+    _, _, *compute_rows = [[c.strip() for c in line.strip("|").split("|")] for line in compute.splitlines()]
+    for row in compute_rows:
+        stage1_tokens, stage2_tokens = row[-2:]
+        assert row[0] in ("none", "self-distill") or float(stage1_tokens) > 0, row
+        assert float(stage2_tokens) > 0, row
+    assert "fallback" not in md
 
     results = json.loads((out / "results.json").read_text())
     assert len(results["evals"]) == 1 + 6 + 6  # base, Stage I x 6 (none = base), Stage II x 6

@@ -178,6 +178,36 @@ def test_sft_lowers_its_loss(models, tmp_path):
             "checkpoint_every=0",
         ],
     )
-    losses = [r["loss"] for r in read_records(run(cfg))]
+    records = read_records(run(cfg))
+    losses = [r["loss"] for r in records]
     assert len(losses) == 8
     assert losses[-1] < 0.8 * losses[0], losses
+
+    # `tokens` and `entropy` mean what the RL loop's do: the loss tokens (reference + eos) of the step,
+    # and the policy's mean entropy on them. Recomputed here for step 1 (the untrained model) from the
+    # unpadded sequences, one at a time.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from exprl.data import load_problems
+    from exprl.train.loop import step_prompts
+
+    tokenizer = AutoTokenizer.from_pretrained(models["plain"])
+    model = AutoModelForCausalLM.from_pretrained(models["plain"], dtype=torch.float32)
+    problems = load_problems(cfg.data.train, seed=cfg.seed)
+    for step, record in enumerate(records):
+        picked = [problems[i] for i in step_prompts(len(problems), 8, step, cfg.seed, cfg.data.shuffle)]
+        answers = [tokenizer(p.reference, add_special_tokens=False)["input_ids"] for p in picked]
+        assert record["tokens"] == sum(len(a) + 1 for a in answers)
+        if step > 0:
+            continue
+        entropies, nlls = [], []
+        for problem, answer in zip(picked, answers, strict=True):
+            prompt = tokenizer(rollout.prompt_text(problem, tokenizer, cfg.model.chat_template))["input_ids"]
+            ids = torch.tensor([prompt + answer + [tokenizer.eos_token_id]])
+            with torch.no_grad():
+                logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].double()
+            logp = logits.log_softmax(-1)
+            entropies.append(-(logp.exp() * logp).sum(-1))
+            nlls.append(-logp.gather(-1, ids[0, len(prompt) :, None])[:, 0])
+        assert record["entropy"] == pytest.approx(float(torch.cat(entropies).mean()), rel=1e-4)
+        assert record["loss"] == pytest.approx(float(torch.cat(nlls).mean()), rel=1e-4)

@@ -83,7 +83,7 @@ class ExperimentConfig:
     reward_metric: str = "reward/sparse"  # metrics.jsonl keys plotted over training
     entropy_metric: str = "entropy"
     # Compute-table columns: label -> metric expressions ("name" or "a*b", a per-step product), the first
-    # one a run logged is summed over its steps (SFT and RL runs log their token counts differently).
+    # one a run logged is summed over its steps (a fallback serves runs that log a count differently).
     token_counts: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # printed under the compute table (what the counts mean)
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from exprl import batching
 from exprl.data import Problem, load_problems
+from exprl.kernels import logprobs_and_entropy
 from exprl.train import checkpoint, report
 from exprl.train.config import TrainConfig, save_config
 from exprl.train.engine import build_engine, deepspeed_config, init_distributed, load_policy
@@ -52,9 +53,13 @@ def sft_examples(
 
 def sft_loss_step(
     engine, examples: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int, micro: int
-) -> float:
+) -> dict[str, float]:
     """One optimizer step over this rank's `examples`: token-mean cross-entropy normalised by the global
-    token count (all ranks, all micro-batches). Returns the global loss."""
+    token count (all ranks, all micro-batches).
+
+    Returns global figures: `loss`; `tokens`, the loss (reference + eos) tokens summed over ranks; and
+    `entropy`, the policy's mean token entropy on those tokens (fp32, before this step's update), the
+    same quantities the RL loop logs so that the methods compare like with like."""
     world = dist.get_world_size()
     batches = [
         batching.build_rollout_batch(
@@ -63,7 +68,7 @@ def sft_loss_step(
         for i in range(0, len(examples), micro)
     ]
     (n_tokens,) = global_sum([float(sum(int(b.response_mask.sum()) for b in batches))])
-    total = 0.0
+    total, entropy_sum = 0.0, 0.0
     for b in batches:
         logits = engine(
             input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids
@@ -71,10 +76,14 @@ def sft_loss_step(
         loss = F.cross_entropy(
             logits.flatten(0, 1).float(), b.target_ids.flatten(), ignore_index=-100, reduction="sum"
         ) / max(n_tokens, 1.0)
+        # no autograd, one fused pass over the logits already in memory
+        _, entropy = logprobs_and_entropy(logits.detach(), b.target_ids)
+        entropy_sum += float(entropy[b.response_mask].sum())
         engine.backward(loss * world, scale_wrt_gas=False)  # undo DeepSpeed's rank and accumulation averaging
         engine.step()
         total += float(loss.detach())
-    return global_sum([total])[0]
+    loss_sum, entropy_sum = global_sum([total, entropy_sum])
+    return {"loss": loss_sum, "tokens": n_tokens, "entropy": entropy_sum / max(n_tokens, 1.0)}
 
 
 def run_sft(cfg: TrainConfig) -> pathlib.Path:
@@ -112,19 +121,19 @@ def run_sft(cfg: TrainConfig) -> pathlib.Path:
         indices = step_prompts(len(examples), cfg.sft.batch_size, step, cfg.seed, cfg.data.shuffle)
         mine = indices[rank * per_rank : (rank + 1) * per_rank]
         t0 = time.perf_counter()
-        loss = sft_loss_step(
+        stats = sft_loss_step(
             engine, [examples[i] for i in mine], tokenizer.pad_token_id, cfg.sft.micro_batch_size
         )
         elapsed = time.perf_counter() - t0
-        (tokens,) = global_sum([float(sum(len(examples[i][0]) + len(examples[i][1]) for i in mine))])
         norm = engine.get_global_grad_norm()
         metrics = {
-            "loss": loss,
+            **stats,
             "grad_norm": float(norm) if norm is not None else float("nan"),
             "lr": float(engine.get_lr()[0]),
             "epoch": (step + 1) * cfg.sft.batch_size / len(examples),
             "time/training": elapsed,
-            "throughput/trained_tokens_per_s": tokens / max(elapsed, 1e-9),
+            # loss tokens per second, as the RL loop counts them (prompt tokens are read, not trained)
+            "throughput/trained_tokens_per_s": stats["tokens"] / max(elapsed, 1e-9),
         }
         logger.log(step + 1, metrics)
         bar.update(1)
