@@ -123,12 +123,46 @@ def _entropy_pg_kernel(
             tl.store(grad_row_ptr + idx, dz.to(dlogits_ptr.dtype.element_ty), mask=in_row)
 
 
-def _launch(logits, targets, weights, advantages, old, ref, temperature, options, compute_grad):
+def logprobs_and_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (N, V), targets (N,) int64 -> (logprobs, entropy), (N,) fp32 each; forward only."""
+    logp, entropy, _ = entropy_pg_forward(
+        logits,
+        targets,
+        None,
+        None,
+        None,
+        None,
+        temperature=temperature,
+        options=ObjectiveOptions(),
+        compute_grad=False,
+    )
+    return logp, entropy
+
+
+def entropy_pg_forward(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor | None,
+    advantages: torch.Tensor | None,
+    old_logprobs: torch.Tensor | None,
+    ref_logprobs: torch.Tensor | None,
+    *,
+    temperature: float,
+    options: ObjectiveOptions,
+    compute_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Same contract as `exprl.kernels.torch_fused.entropy_pg_forward`: (logprobs, entropy, dlogits).
+
+    weights and advantages may be None when compute_grad is False (the kernel does not read them).
+    """
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
     # the kernel indexes the per-token vectors by row: unit stride (an expanded (B,) advantage has 0)
     targets, weights, advantages, old, ref = (
-        None if v is None else v.contiguous() for v in (targets, weights, advantages, old, ref)
+        None if v is None else v.contiguous()
+        for v in (targets, weights, advantages, old_logprobs, ref_logprobs)
     )
     n, vocab = logits.shape
     logp = torch.empty(n, dtype=torch.float32, device=logits.device)
@@ -169,31 +203,3 @@ def _launch(logits, targets, weights, advantages, old, ref, temperature, options
         num_warps=num_warps,
     )
     return logp, entropy, dlogits
-
-
-def logprobs_and_entropy(
-    logits: torch.Tensor, targets: torch.Tensor, temperature: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits (N, V), targets (N,) int64 -> (logprobs, entropy), (N,) fp32 each; forward only."""
-    logp, entropy, _ = _launch(
-        logits, targets, None, None, None, None, temperature, ObjectiveOptions(), False
-    )
-    return logp, entropy
-
-
-def entropy_pg_forward(
-    logits: torch.Tensor,
-    targets: torch.Tensor,
-    weights: torch.Tensor,
-    advantages: torch.Tensor,
-    old_logprobs: torch.Tensor | None,
-    ref_logprobs: torch.Tensor | None,
-    *,
-    temperature: float,
-    options: ObjectiveOptions,
-    compute_grad: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Same contract as `exprl.kernels.torch_fused.entropy_pg_forward`: (logprobs, entropy, dlogits)."""
-    return _launch(
-        logits, targets, weights, advantages, old_logprobs, ref_logprobs, temperature, options, compute_grad
-    )
