@@ -92,7 +92,8 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, grad_loss, *unused):
     (dlogits,) = ctx.saved_tensors
     scaled = dlogits
-    # a sync on CUDA, but it saves a read and a write of N x V in the common case grad_loss == 1
+    # reading grad_loss is a host sync on CUDA (it waits for the queued forward); every sync-free form
+    # scales always: an extra N x V read, write and buffer even in the usual case grad_loss == 1
     if torch.compiler.is_compiling() or float(grad_loss) != 1.0:
         scaled = dlogits * grad_loss.to(dlogits.dtype)
     return (scaled,) + (None,) * 14
