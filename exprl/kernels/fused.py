@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from exprl.kernels import reference
-from exprl.kernels.reference import ObjectiveOptions
+from exprl.kernels.reference import ObjectiveOptions, TokenInputs
 
 
 def _backend_module(backend: str):
@@ -56,16 +56,9 @@ def entropy_pg_op(
     """
     # the op schema takes plain scalars; the backends take them as one ObjectiveOptions
     options = ObjectiveOptions(clip_low, clip_high, dual_clip, kl_coef, kl_estimator, entropy_coef)
+    tokens = TokenInputs(targets, weights, advantages, old_logprobs, ref_logprobs)
     logp, entropy, dlogits = _backend_module(backend).entropy_pg_forward(
-        logits,
-        targets,
-        weights,
-        advantages,
-        old_logprobs,
-        ref_logprobs,
-        temperature=temperature,
-        options=options,
-        compute_grad=compute_grad,
+        logits, tokens, temperature=temperature, options=options, compute_grad=compute_grad
     )
     parts = reference.token_objective(logp, entropy, advantages, old_logprobs, ref_logprobs, options)
     loss = reference.weighted_sum(weights, parts["l"])

@@ -12,6 +12,7 @@ This module trusts its arguments; `exprl.kernels.api` validates them first.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -30,6 +31,24 @@ class ObjectiveOptions:
     kl_coef: float = 0.0
     kl_estimator: str = "k3"
     entropy_coef: float = 0.0
+
+
+class TokenInputs(NamedTuple):
+    """The per-token inputs of a fused backend's sweep, each (N,): targets int64, the rest fp32.
+
+    weights are the w_t of `token_weights`; advantages are per token (`expand_advantages`). old and
+    ref log-probs are None when absent; weights and advantages may be None when no gradient is asked.
+    """
+
+    targets: torch.Tensor
+    weights: torch.Tensor | None
+    advantages: torch.Tensor | None
+    old_logprobs: torch.Tensor | None
+    ref_logprobs: torch.Tensor | None
+
+    def rows(self, start: int, stop: int) -> TokenInputs:
+        """The same inputs restricted to rows [start, stop) (views, no copy)."""
+        return TokenInputs(*(None if v is None else v[start:stop] for v in self))
 
 
 @dataclass

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from exprl.kernels.reference import IGNORE_INDEX, ObjectiveOptions
+from exprl.kernels.reference import IGNORE_INDEX, ObjectiveOptions, TokenInputs
 
 # 4096 bf16 logits = 8 KiB per block: 16 elements (two 16-byte loads) per thread at 8 warps.
 MAX_BLOCK_V = 4096
@@ -127,43 +127,26 @@ def logprobs_and_entropy(
     logits: torch.Tensor, targets: torch.Tensor, temperature: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """logits (N, V), targets (N,) int64 -> (logprobs, entropy), (N,) fp32 each; forward only."""
+    tokens = TokenInputs(targets, None, None, None, None)
     logp, entropy, _ = entropy_pg_forward(
-        logits,
-        targets,
-        None,
-        None,
-        None,
-        None,
-        temperature=temperature,
-        options=ObjectiveOptions(),
-        compute_grad=False,
+        logits, tokens, temperature=temperature, options=ObjectiveOptions(), compute_grad=False
     )
     return logp, entropy
 
 
 def entropy_pg_forward(
     logits: torch.Tensor,
-    targets: torch.Tensor,
-    weights: torch.Tensor | None,
-    advantages: torch.Tensor | None,
-    old_logprobs: torch.Tensor | None,
-    ref_logprobs: torch.Tensor | None,
+    tokens: TokenInputs,
     *,
     temperature: float,
     options: ObjectiveOptions,
     compute_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Same contract as `exprl.kernels.torch_fused.entropy_pg_forward`: (logprobs, entropy, dlogits).
-
-    weights and advantages may be None when compute_grad is False (the kernel does not read them).
-    """
+    """Same contract as `exprl.kernels.torch_fused.entropy_pg_forward`: (logprobs, entropy, dlogits)."""
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
     # the kernel indexes the per-token vectors by row: unit stride (an expanded (B,) advantage has 0)
-    targets, weights, advantages, old, ref = (
-        None if v is None else v.contiguous()
-        for v in (targets, weights, advantages, old_logprobs, ref_logprobs)
-    )
+    targets, weights, advantages, old, ref = (None if v is None else v.contiguous() for v in tokens)
     n, vocab = logits.shape
     logp = torch.empty(n, dtype=torch.float32, device=logits.device)
     entropy = torch.empty_like(logp)
