@@ -24,7 +24,7 @@ stamp="$venv/.exprl-deps"
 deps_key=$( (echo "$torch_req $extras"; cat pyproject.toml) | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$deps_key" ]; then
     echo "[setup] installing $torch_req and the dependencies of pyproject.toml [$extras]"
-    "${pip[@]}" "$torch_req" setuptools wheel ninja
+    "${pip[@]}" "$torch_req" numpy setuptools wheel ninja
     mapfile -t reqs < <("$venv/bin/python" - "$extras" <<'PY'
 import sys, tomllib
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]

@@ -184,8 +184,8 @@ def logprobs_and_entropy(
     if backend == "eager":
         return reference.logprobs_and_entropy(logits, target_ids, temperature=temperature)
     vocab = logits.shape[-1]
-    logp, entropy = fused.logprobs_and_entropy(
-        logits.reshape(-1, vocab), target_ids.reshape(-1), temperature, backend
+    logp, entropy = fused.logprobs_and_entropy_op(
+        logits.detach().reshape(-1, vocab), target_ids.reshape(-1), temperature, backend
     )
     return logp.reshape(target_ids.shape), entropy.reshape(target_ids.shape)
 
@@ -265,16 +265,19 @@ def entropy_pg_loss(
     def flat(x: torch.Tensor | None) -> torch.Tensor | None:
         return None if x is None else x.reshape(-1).float()
 
-    loss, logp, entropy, parts = fused.entropy_pg_loss(
+    compute_grad = logits.requires_grad and torch.is_grad_enabled()
+    loss, logp, entropy, ratio, clipped, kl, _ = fused.entropy_pg_op(
         logits.reshape(-1, logits.shape[-1]),
         target_ids.reshape(-1),
         flat(weights),
         flat(per_token_adv),
         flat(old_logprobs),
         flat(ref_logprobs),
-        backend=backend,
-        temperature=temperature,
-        options=options,
+        temperature,
+        *dataclasses.astuple(options),
+        backend,
+        compute_grad,
     )
+    parts = {"ratio": ratio, "clipped": clipped, "kl": kl}
     stats = reference.masked_stats(m.reshape(-1), parts, entropy)
-    return PGLossOutput(loss, logp.reshape(shape), entropy.reshape(shape), stats)
+    return PGLossOutput(loss, logp.detach().reshape(shape), entropy.detach().reshape(shape), stats)

@@ -3,9 +3,9 @@
 `exprl::entropy_pg_loss` runs one sweep over the logits (torch or Triton backend) that yields the
 target log-probs, the entropies and, when the logits need a gradient, dlogits = d(loss)/d(logits)
 in a preallocated buffer of the logits' dtype. The O(N) rest (objective per token, weighted sum)
-uses `exprl.kernels.reference.token_objective`. Backward only scales dlogits by the incoming
-gradient (skipped when that is exactly 1, the usual `loss.backward()`), so the N x V buffer is
-neither re-read nor copied.
+uses `reference.token_objective` and `reference.weighted_sum`. Backward only scales dlogits by the
+incoming gradient (skipped when that is exactly 1, the usual `loss.backward()`), so the N x V buffer
+is neither re-read nor copied.
 
 Why a custom op rather than a bare autograd.Function: the op is opaque to the compiler, so
 dynamo does not try to trace the Python chunk loop or the Triton launches; in eager mode the extra
@@ -14,12 +14,10 @@ dispatch costs tens of microseconds per call, negligible next to a sweep over N 
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from exprl.kernels import reference
-from exprl.kernels.reference import ObjectiveOptions
+from exprl.kernels.reference import ObjectiveOptions, TokenInputs
 
 
 def _backend_module(backend: str):
@@ -33,7 +31,7 @@ def _backend_module(backend: str):
 
 
 @torch.library.custom_op("exprl::entropy_pg_loss", mutates_args=())
-def _entropy_pg_op(
+def entropy_pg_op(
     logits: torch.Tensor,
     targets: torch.Tensor,
     weights: torch.Tensor,
@@ -50,27 +48,26 @@ def _entropy_pg_op(
     backend: str,
     compute_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """logits (N, V); targets (N,) int64; weights, advantages, old/ref (N,) fp32; the scalars of
+    `ObjectiveOptions` in field order. compute_grad: fill dlogits for backward (else it is empty).
+
+    Returns (loss 0-dim fp32, differentiable w.r.t. logits; then per token, (N,) fp32: logprobs,
+    entropy, ratio, clipped (0/1), kl; then dlogits (N, V) in the logits' dtype, for backward only).
+    """
     # the op schema takes plain scalars; the backends take them as one ObjectiveOptions
     options = ObjectiveOptions(clip_low, clip_high, dual_clip, kl_coef, kl_estimator, entropy_coef)
+    tokens = TokenInputs(targets, weights, advantages, old_logprobs, ref_logprobs)
     logp, entropy, dlogits = _backend_module(backend).entropy_pg_forward(
-        logits,
-        targets,
-        weights,
-        advantages,
-        old_logprobs,
-        ref_logprobs,
-        temperature=temperature,
-        options=options,
-        compute_grad=compute_grad,
+        logits, tokens, temperature=temperature, options=options, compute_grad=compute_grad
     )
     parts = reference.token_objective(logp, entropy, advantages, old_logprobs, ref_logprobs, options)
-    loss = torch.where(weights != 0, weights * parts["l"], 0).sum()
+    loss = reference.weighted_sum(weights, parts["l"])
     if dlogits is None:
         dlogits = logits.new_empty(0)
     return loss, logp, entropy, parts["ratio"], parts["clipped"].float(), parts["kl"], dlogits
 
 
-@_entropy_pg_op.register_fake
+@entropy_pg_op.register_fake
 def _(logits, targets, weights, advantages, old_logprobs, ref_logprobs, *args):
     compute_grad = args[-1]
     n = logits.shape[0]
@@ -88,63 +85,25 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, grad_loss, *unused):
     (dlogits,) = ctx.saved_tensors
     scaled = dlogits
-    # a sync on CUDA, but it saves a read and a write of N x V in the common case grad_loss == 1
+    # reading grad_loss is a host sync on CUDA (it waits for the queued forward); every sync-free form
+    # scales always: an extra N x V read, write and buffer even in the usual case grad_loss == 1
     if torch.compiler.is_compiling() or float(grad_loss) != 1.0:
         scaled = dlogits * grad_loss.to(dlogits.dtype)
     return (scaled,) + (None,) * 14
 
 
-_entropy_pg_op.register_autograd(_backward, setup_context=_setup_context)
+entropy_pg_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 @torch.library.custom_op("exprl::logprobs_and_entropy", mutates_args=())
-def _logprobs_and_entropy_op(
+def logprobs_and_entropy_op(
     logits: torch.Tensor, targets: torch.Tensor, temperature: float, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (N, V), targets (N,) int64 -> (logprobs, entropy), (N,) fp32; no autograd (detach logits)."""
     return _backend_module(backend).logprobs_and_entropy(logits, targets, temperature)
 
 
-@_logprobs_and_entropy_op.register_fake
+@logprobs_and_entropy_op.register_fake
 def _(logits, targets, temperature, backend):
     n = logits.shape[0]
     return logits.new_empty(n, dtype=torch.float32), logits.new_empty(n, dtype=torch.float32)
-
-
-def logprobs_and_entropy(
-    logits: torch.Tensor, targets: torch.Tensor, temperature: float, backend: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits (N, V), targets (N,) int64 -> (logprobs, entropy), (N,) fp32, no autograd."""
-    return _logprobs_and_entropy_op(logits.detach(), targets, temperature, backend)
-
-
-def entropy_pg_loss(
-    logits: torch.Tensor,
-    targets: torch.Tensor,
-    weights: torch.Tensor,
-    advantages: torch.Tensor,
-    old_logprobs: torch.Tensor | None,
-    ref_logprobs: torch.Tensor | None,
-    *,
-    backend: str,
-    temperature: float,
-    options: ObjectiveOptions,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """logits (N, V); targets (N,) int64; weights, advantages, old/ref (N,) fp32.
-
-    Returns (loss 0-dim fp32 differentiable w.r.t. logits, logprobs (N,), entropy (N,), parts) where
-    parts holds ratio, clipped and kl per token, as `reference.token_objective` names them.
-    """
-    compute_grad = logits.requires_grad and torch.is_grad_enabled()
-    loss, logp, entropy, ratio, clipped, kl, _ = _entropy_pg_op(
-        logits,
-        targets,
-        weights,
-        advantages,
-        old_logprobs,
-        ref_logprobs,
-        temperature,
-        *dataclasses.astuple(options),
-        backend,
-        compute_grad,
-    )
-    return loss, logp.detach(), entropy.detach(), {"ratio": ratio, "clipped": clipped, "kl": kl}

@@ -2,8 +2,9 @@
 
 Every backend (`exprl.kernels.torch_fused`, `exprl.kernels.triton_entropy_pg`) must match
 `entropy_pg_loss` / `logprobs_and_entropy` below. The small per-token helpers (`expand_advantages`,
-`token_weights`, `token_objective`, `masked_stats`) are O(N) and are shared with the fused backends,
-which only replace the O(N*V) part: log-softmax, entropy and the gradient w.r.t. the logits.
+`token_weights`, `token_objective`, `weighted_sum`, `masked_stats`) are O(N) and are shared with the
+fused backends, which only replace the O(N*V) part: log-softmax, entropy and the gradient w.r.t. the
+logits.
 
 This module trusts its arguments; `exprl.kernels.api` validates them first.
 """
@@ -11,6 +12,7 @@ This module trusts its arguments; `exprl.kernels.api` validates them first.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -29,6 +31,24 @@ class ObjectiveOptions:
     kl_coef: float = 0.0
     kl_estimator: str = "k3"
     entropy_coef: float = 0.0
+
+
+class TokenInputs(NamedTuple):
+    """The per-token inputs of a fused backend's sweep, each (N,): targets int64, the rest fp32.
+
+    weights are the w_t of `token_weights`; advantages are per token (`expand_advantages`). old and
+    ref log-probs are None when absent; weights and advantages may be None when no gradient is asked.
+    """
+
+    targets: torch.Tensor
+    weights: torch.Tensor | None
+    advantages: torch.Tensor | None
+    old_logprobs: torch.Tensor | None
+    ref_logprobs: torch.Tensor | None
+
+    def rows(self, start: int, stop: int) -> TokenInputs:
+        """The same inputs restricted to rows [start, stop) (views, no copy)."""
+        return TokenInputs(*(None if v is None else v[start:stop] for v in self))
 
 
 @dataclass
@@ -147,6 +167,11 @@ def token_objective(
     return {"l": objective, "ratio": ratio, "clipped": pg != pg_unclipped, "kl": kl}
 
 
+def weighted_sum(w: torch.Tensor, objective: torch.Tensor) -> torch.Tensor:
+    """loss = sum_t w_t l_t (0-dim); tokens with w_t = 0 add nothing, even where l_t is inf or nan."""
+    return torch.where(w != 0, w * objective, 0).sum()
+
+
 def masked_stats(
     m: torch.Tensor, parts: dict[str, torch.Tensor], entropy: torch.Tensor
 ) -> dict[str, torch.Tensor]:
@@ -224,6 +249,5 @@ def entropy_pg_loss(
         ObjectiveOptions(clip_low, clip_high, dual_clip, kl_coef, kl_estimator, entropy_coef),
     )
     w = token_weights(m, loss_agg, norm_tokens=norm_tokens, max_len=max_len, cu_seqlens=cu_seqlens)
-    # masked tokens contribute nothing, even where their objective is inf or nan
-    loss = torch.where(w != 0, w * parts["l"], 0).sum()
+    loss = weighted_sum(w, parts["l"])
     return PGLossOutput(loss, logp.detach(), entropy.detach(), masked_stats(m, parts, entropy))

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from exprl.kernels.reference import IGNORE_INDEX, ObjectiveOptions
+from exprl.kernels.reference import IGNORE_INDEX, ObjectiveOptions, TokenInputs
 
 # ~1 MiB of fp32 per chunk buffer: the chunk stays in cache across the ~12 passes made over it
 CHUNK_ELEMENTS = 1 << 18
@@ -127,11 +127,7 @@ def logprobs_and_entropy(
 
 def entropy_pg_forward(
     logits: torch.Tensor,
-    targets: torch.Tensor,
-    weights: torch.Tensor,
-    advantages: torch.Tensor,
-    old_logprobs: torch.Tensor | None,
-    ref_logprobs: torch.Tensor | None,
+    tokens: TokenInputs,
     *,
     temperature: float,
     options: ObjectiveOptions,
@@ -140,33 +136,30 @@ def entropy_pg_forward(
     """One sweep: (logprobs (N,) fp32, entropy (N,) fp32, dlogits (N, V) logits dtype or None).
 
     dlogits = w_t * dl_t/dz / temperature is the gradient of sum_t w_t l_t w.r.t. the logits.
-    logits (N, V); targets (N,) int64; weights, advantages, old/ref log-probs (N,) fp32.
+    logits (N, V); tokens: the (N,) per-token inputs (weights and advantages needed for the gradient).
     """
     if not compute_grad:
-        logp, entropy = logprobs_and_entropy(logits, targets, temperature)
+        logp, entropy = logprobs_and_entropy(logits, tokens.targets, temperature)
         return logp, entropy, None
-    logp = torch.empty(len(targets), dtype=torch.float32, device=logits.device)
+    logp = torch.empty(len(tokens.targets), dtype=torch.float32, device=logits.device)
     entropy = torch.empty_like(logp)
     dlogits = torch.empty_like(logits, memory_format=torch.contiguous_format)
 
     def sweep_rows(row_start: int, row_stop: int) -> None:
-        sweep = _sweep(logits, targets, temperature, logp, entropy, row_start, row_stop)
+        sweep = _sweep(logits, tokens.targets, temperature, logp, entropy, row_start, row_stop)
         for start, stop, buf, p, shifted_mu, valid in sweep:
+            chunk = tokens.rows(start, stop)
             g = dobjective_dlogp(
-                logp[start:stop],
-                advantages[start:stop],
-                None if old_logprobs is None else old_logprobs[start:stop],
-                None if ref_logprobs is None else ref_logprobs[start:stop],
-                options,
+                logp[start:stop], chunk.advantages, chunk.old_logprobs, chunk.ref_logprobs, options
             )
-            scale = weights[start:stop] / temperature
+            scale = chunk.weights / temperature
             # dl/dz_j = g (onehot_j - p_j) - h p_j (z_j - mu), h = -entropy_coef
             term = buf.sub_(shifted_mu.unsqueeze(-1)).mul_(p).mul_(options.entropy_coef)
             term.addcmul_(p, g.unsqueeze(-1), value=-1.0).mul_(scale.unsqueeze(-1))
             # masked rows get an exact 0 even where their g is inf or nan
             term[scale == 0] = 0.0
             local = torch.nonzero(valid & (scale != 0)).squeeze(-1)
-            cols = targets[start:stop][local]
+            cols = chunk.targets[local]
             term[local, cols] += g[local] * scale[local]
             dlogits[start:stop].copy_(term)
 

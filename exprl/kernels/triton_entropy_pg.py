@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from exprl.kernels.reference import IGNORE_INDEX, ObjectiveOptions
+from exprl.kernels.reference import IGNORE_INDEX, ObjectiveOptions, TokenInputs
 
 # 4096 bf16 logits = 8 KiB per block: 16 elements (two 16-byte loads) per thread at 8 warps.
 MAX_BLOCK_V = 4096
@@ -123,13 +123,30 @@ def _entropy_pg_kernel(
             tl.store(grad_row_ptr + idx, dz.to(dlogits_ptr.dtype.element_ty), mask=in_row)
 
 
-def _launch(logits, targets, weights, advantages, old, ref, temperature, options, compute_grad):
+def logprobs_and_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (N, V), targets (N,) int64 -> (logprobs, entropy), (N,) fp32 each; forward only."""
+    tokens = TokenInputs(targets, None, None, None, None)
+    logp, entropy, _ = entropy_pg_forward(
+        logits, tokens, temperature=temperature, options=ObjectiveOptions(), compute_grad=False
+    )
+    return logp, entropy
+
+
+def entropy_pg_forward(
+    logits: torch.Tensor,
+    tokens: TokenInputs,
+    *,
+    temperature: float,
+    options: ObjectiveOptions,
+    compute_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Same contract as `exprl.kernels.torch_fused.entropy_pg_forward`: (logprobs, entropy, dlogits)."""
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
     # the kernel indexes the per-token vectors by row: unit stride (an expanded (B,) advantage has 0)
-    targets, weights, advantages, old, ref = (
-        None if v is None else v.contiguous() for v in (targets, weights, advantages, old, ref)
-    )
+    targets, weights, advantages, old, ref = (None if v is None else v.contiguous() for v in tokens)
     n, vocab = logits.shape
     logp = torch.empty(n, dtype=torch.float32, device=logits.device)
     entropy = torch.empty_like(logp)
@@ -169,31 +186,3 @@ def _launch(logits, targets, weights, advantages, old, ref, temperature, options
         num_warps=num_warps,
     )
     return logp, entropy, dlogits
-
-
-def logprobs_and_entropy(
-    logits: torch.Tensor, targets: torch.Tensor, temperature: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits (N, V), targets (N,) int64 -> (logprobs, entropy), (N,) fp32 each; forward only."""
-    logp, entropy, _ = _launch(
-        logits, targets, None, None, None, None, temperature, ObjectiveOptions(), False
-    )
-    return logp, entropy
-
-
-def entropy_pg_forward(
-    logits: torch.Tensor,
-    targets: torch.Tensor,
-    weights: torch.Tensor,
-    advantages: torch.Tensor,
-    old_logprobs: torch.Tensor | None,
-    ref_logprobs: torch.Tensor | None,
-    *,
-    temperature: float,
-    options: ObjectiveOptions,
-    compute_grad: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Same contract as `exprl.kernels.torch_fused.entropy_pg_forward`: (logprobs, entropy, dlogits)."""
-    return _launch(
-        logits, targets, weights, advantages, old_logprobs, ref_logprobs, temperature, options, compute_grad
-    )
