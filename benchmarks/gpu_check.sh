@@ -69,7 +69,13 @@ PY
 } > "$OUT/environment.txt" 2>&1
 cat "$OUT/environment.txt"
 
-# 1. the extension, with CUDA when nvcc exists (the batching ops fall back to torch without it)
+# 1. the extension, with CUDA when nvcc exists (the batching ops fall back to torch without it).
+#    The system compiler when there is one: on the lent machine (2026-11-26) the image's default
+#    /opt/gcc/bin/g++ wrapper built an extension whose C++ errors crashed the process (SIGSEGV) instead of
+#    raising RuntimeError, while /usr/bin/g++ built a working one.
+if [ -x /usr/bin/g++ ] && [ -x /usr/bin/gcc ] && [ -z "${EXPRL_KEEP_CC:-}" ]; then
+  export CC=/usr/bin/gcc CXX=/usr/bin/g++
+fi
 if [ -n "${CUDA_HOME:-}" ]; then
   step build 180 env EXPRL_BUILD_CUDA=1 MAX_JOBS=16 "$PYTHON" setup.py build_ext --inplace
 else
