@@ -3,12 +3,19 @@
 // implementations are in batching_cuda.cu. Work is split over sequences with at::parallel_for.
 #include <Python.h>
 #include <ATen/Parallel.h>
+#include <c10/core/CPUAllocator.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
+
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 #include "batching.h"
 
@@ -17,6 +24,47 @@ namespace {
 
 // Rows per parallel task: sequences are thousands of tokens, so a few rows already amortise a task.
 constexpr int64_t kRowGrain = 4;
+
+// Calls fn(begin, end) over [0, batch) in chunks of kRowGrain rows that the threads take from a shared
+// counter as they go, instead of equal shares fixed up front: on a shared machine one thread may lose
+// its core for a while, and the other then does the rows that are left rather than waiting.
+template <typename Fn>
+void for_rows(int64_t batch, const Fn& fn) {
+  std::atomic<int64_t> next{0};
+  const int64_t tasks = std::min<int64_t>(at::get_num_threads(), (batch + kRowGrain - 1) / kRowGrain);
+  at::parallel_for(0, tasks, 1, [&](int64_t, int64_t) {
+    for (int64_t begin = next.fetch_add(kRowGrain); begin < batch; begin = next.fetch_add(kRowGrain)) {
+      fn(begin, std::min(begin + kRowGrain, batch));
+    }
+  });
+}
+
+// Output tensors of at least this many bytes start on a 2 MiB boundary and are advised to use
+// transparent huge pages (what torch's own allocator does under THP_MEM_ALLOC_ENABLE=1). A padded
+// rollout batch is ~150 MB of fresh memory per call: with 4 KiB pages the kernel takes ~38k page
+// faults, which cost more than writing the values (measured in benchmarks/results).
+constexpr size_t kHugePage = size_t{2} << 20;
+
+void free_output(void* data) { std::free(data); }
+
+// A contiguous CPU tensor of `shape` whose memory is uninitialised (every element is written later).
+at::Tensor empty_output(at::IntArrayRef shape, const at::TensorOptions& options) {
+  const size_t bytes = static_cast<size_t>(c10::multiply_integers(shape)) * options.dtype().itemsize();
+#ifdef __linux__
+  if (options.device().is_cpu() && bytes >= kHugePage) {
+    const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+    void* data = nullptr;
+    TORCH_CHECK(posix_memalign(&data, kHugePage, rounded) == 0 && data != nullptr, "exprl: cannot allocate ",
+                rounded, " bytes");
+    madvise(data, rounded, MADV_HUGEPAGE);  // advice only: without THP the kernel uses 4 KiB pages
+    c10::Storage storage(c10::Storage::use_byte_size_t(), bytes,
+                         c10::DataPtr(data, data, &free_output, at::Device(at::kCPU)), c10::GetCPUAllocator(),
+                         /*resizable=*/true);
+    return at::empty({0}, options).set_(storage, 0, shape);
+  }
+#endif
+  return at::empty(shape, options);
+}
 
 struct RowOutputs {
   int64_t* input_ids;
@@ -80,15 +128,15 @@ BatchTensors build_batch(const at::Tensor& like, const std::vector<int64_t>& pro
               ")");
   const auto shape = packed ? std::vector<int64_t>{offsets[batch]} : std::vector<int64_t>{batch, max_len};
   const auto long_options = like.options().dtype(at::kLong);
-  at::Tensor input_ids = at::empty(shape, long_options);
-  at::Tensor attention_mask = at::empty(shape, long_options);
-  at::Tensor position_ids = at::empty(shape, long_options);
-  at::Tensor response_mask = at::empty(shape, like.options().dtype(at::kBool));
-  at::Tensor target_ids = at::empty(shape, long_options);
+  at::Tensor input_ids = empty_output(shape, long_options);
+  at::Tensor attention_mask = empty_output(shape, long_options);
+  at::Tensor position_ids = empty_output(shape, long_options);
+  at::Tensor response_mask = empty_output(shape, like.options().dtype(at::kBool));
+  at::Tensor target_ids = empty_output(shape, long_options);
   const RowOutputs out{input_ids.data_ptr<int64_t>(), attention_mask.data_ptr<int64_t>(),
                        position_ids.data_ptr<int64_t>(), response_mask.data_ptr<bool>(),
                        target_ids.data_ptr<int64_t>()};
-  at::parallel_for(0, batch, kRowGrain, [&](int64_t begin, int64_t end) {
+  for_rows(batch, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const int64_t length = offsets[b + 1] - offsets[b];
       const auto [prompt, response] = source_of(b);
@@ -186,7 +234,7 @@ std::tuple<at::Tensor, at::Tensor> generation_lengths_cpu(const at::Tensor& sequ
   const int64_t* data = rows.data_ptr<int64_t>();
   int64_t* length_data = lengths.data_ptr<int64_t>();
   bool* truncated_data = truncated.data_ptr<bool>();
-  at::parallel_for(0, batch, kRowGrain, [&](int64_t begin, int64_t end) {
+  for_rows(batch, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const int64_t* response = data + b * width + prompt_width;
       const int64_t* response_end = data + (b + 1) * width;
@@ -260,7 +308,7 @@ at::Tensor unpack_cpu(const at::Tensor& values, const at::Tensor& cu_seqlens, in
   const auto* src = static_cast<const char*>(source.data_ptr());
   auto* dst = static_cast<char*>(out.data_ptr());
   const int64_t* start = offsets.data_ptr<int64_t>();
-  at::parallel_for(0, batch, kRowGrain, [&](int64_t begin, int64_t end) {
+  for_rows(batch, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       char* row = dst + b * max_len * item;
       const int64_t pad_items = max_len - lengths[b];
@@ -292,7 +340,7 @@ at::Tensor repack_cpu(const at::Tensor& padded, const at::Tensor& cu_seqlens, bo
   const int64_t item = c10::multiply_integers(source.sizes().slice(2)) * source.element_size();
   const auto* src = static_cast<const char*>(source.data_ptr());
   auto* dst = static_cast<char*>(out.data_ptr());
-  at::parallel_for(0, static_cast<int64_t>(lengths.size()), kRowGrain, [&](int64_t begin, int64_t end) {
+  for_rows(static_cast<int64_t>(lengths.size()), [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const int64_t skip = left ? width - lengths[b] : 0;
       std::memcpy(dst + start[b] * item, src + (b * width + skip) * item, lengths[b] * item);
@@ -397,7 +445,7 @@ at::Tensor segment_advantages_cpu(const at::Tensor& segment_ids, const at::Tenso
   const int64_t* id_data = ids.data_ptr<int64_t>();
   const int64_t* start = offsets.data_ptr<int64_t>();
   float* adv = out.data_ptr<float>();
-  at::parallel_for(0, batch, kRowGrain, [&](int64_t begin, int64_t end) {
+  for_rows(batch, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       for (int64_t t = start[b]; t < start[b] + lengths[b]; ++t) {
         const int64_t segment = id_data[t];
