@@ -213,8 +213,10 @@ def test_large_outputs_are_ordinary_tensors(packed):
     """Outputs of 2 MiB and more get their own huge-page-aligned memory: they still equal the reference,
     share nothing, and can be written, resized and freed like any tensor."""
     generator = torch.Generator().manual_seed(1)
-    prompts = [torch.randint(0, 1000, (int(n),), generator=generator) for n in torch.randint(1, 400, (300,))]
-    responses = [torch.randint(0, 1000, (int(n),), generator=generator) for n in torch.randint(0, 3000, (300,))]
+    prompt_lengths = torch.randint(1, 400, (300,), generator=generator).tolist()
+    response_lengths = torch.randint(0, 3000, (300,), generator=generator).tolist()
+    prompts = [torch.randint(0, 1000, (n,), generator=generator) for n in prompt_lengths]
+    responses = [torch.randint(0, 1000, (n,), generator=generator) for n in response_lengths]
     outputs = ops.rollout_batch_lists(prompts, responses, 5, packed, False)
     flat = (torch.cat(prompts), offsets([len(p) for p in prompts]), torch.cat(responses))
     longest = max(len(p) + len(r) for p, r in zip(prompts, responses, strict=True))
