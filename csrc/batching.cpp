@@ -42,28 +42,63 @@ void for_rows(int64_t batch, const Fn& fn) {
 // Output tensors of at least this many bytes start on a 2 MiB boundary and are advised to use
 // transparent huge pages (what torch's own allocator does under THP_MEM_ALLOC_ENABLE=1). A padded
 // rollout batch is ~150 MB of fresh memory per call: with 4 KiB pages the kernel takes ~38k page
-// faults, which cost more than writing the values (measured in benchmarks/results).
+// faults, which cost more than writing the values (benchmarks/results/bench_batching_*.md).
 constexpr size_t kHugePage = size_t{2} << 20;
 
-void free_output(void* data) { std::free(data); }
+struct MappedRegion {
+  void* data;
+  size_t bytes;
+};
 
-// A contiguous CPU tensor of `shape` whose memory is uninitialised (every element is written later).
-at::Tensor empty_output(at::IntArrayRef shape, const at::TensorOptions& options) {
+void unmap_region(void* context) {
+  auto* region = static_cast<MappedRegion*>(context);
+  munmap(region->data, region->bytes);
+  delete region;
+}
+
+void free_aligned(void* data) { std::free(data); }
+
+struct Output {
+  at::Tensor tensor;
+  bool zeroed;  // fresh pages from the kernel, which are zero-filled
+};
+
+// A contiguous tensor of `shape`, uninitialised unless `zeroed`. Large CPU outputs get huge-page-aligned
+// memory: with `fresh_pages`, newly mapped pages (zero-filled, so zero padding need not be written:
+// the padded layout is mostly padding); without, heap memory (the packed layout has no padding, and
+// the heap may hand back memory the previous batch freed, which costs no page faults).
+Output empty_output(at::IntArrayRef shape, const at::TensorOptions& options, bool fresh_pages) {
   const size_t bytes = static_cast<size_t>(c10::multiply_integers(shape)) * options.dtype().itemsize();
 #ifdef __linux__
   if (options.device().is_cpu() && bytes >= kHugePage) {
     const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
     void* data = nullptr;
-    TORCH_CHECK(posix_memalign(&data, kHugePage, rounded) == 0 && data != nullptr, "exprl: cannot allocate ",
-                rounded, " bytes");
+    c10::DataPtr pointer;
+    if (fresh_pages) {
+      // Map one huge page more than needed and unmap the ends so that the range starts on a boundary.
+      const size_t span = rounded + kHugePage;
+      void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      TORCH_CHECK(raw != MAP_FAILED, "exprl: cannot map ", span, " bytes for an output");
+      const auto first = reinterpret_cast<uintptr_t>(raw);
+      const uintptr_t aligned = (first + kHugePage - 1) & ~(kHugePage - 1);
+      if (aligned > first) munmap(raw, aligned - first);
+      if (first + span > aligned + rounded) {
+        munmap(reinterpret_cast<void*>(aligned + rounded), first + span - (aligned + rounded));
+      }
+      data = reinterpret_cast<void*>(aligned);
+      pointer = c10::DataPtr(data, new MappedRegion{data, rounded}, &unmap_region, at::Device(at::kCPU));
+    } else {
+      TORCH_CHECK(posix_memalign(&data, kHugePage, rounded) == 0 && data != nullptr, "exprl: cannot allocate ",
+                  rounded, " bytes for an output");
+      pointer = c10::DataPtr(data, data, &free_aligned, at::Device(at::kCPU));
+    }
     madvise(data, rounded, MADV_HUGEPAGE);  // advice only: without THP the kernel uses 4 KiB pages
-    c10::Storage storage(c10::Storage::use_byte_size_t(), bytes,
-                         c10::DataPtr(data, data, &free_output, at::Device(at::kCPU)), c10::GetCPUAllocator(),
+    c10::Storage storage(c10::Storage::use_byte_size_t(), bytes, std::move(pointer), c10::GetCPUAllocator(),
                          /*resizable=*/true);
-    return at::empty({0}, options).set_(storage, 0, shape);
+    return {at::empty({0}, options).set_(storage, 0, shape), fresh_pages};
   }
 #endif
-  return at::empty(shape, options);
+  return {at::empty(shape, options), false};
 }
 
 struct RowOutputs {
@@ -72,6 +107,11 @@ struct RowOutputs {
   int64_t* position_ids;
   bool* response_mask;
   int64_t* target_ids;
+  // Padding that is zero need not be written where the memory is known to be zero already.
+  bool write_pad_ids;
+  bool write_zero_masks;
+  bool write_zero_positions;
+  bool write_false_response;
 };
 
 // Writes the sequence prompt[0, prompt_len) + response[0, response_len) into the `width` slots
@@ -82,9 +122,9 @@ void write_row(const int64_t* prompt, int64_t prompt_len, const int64_t* respons
   const int64_t end = start + length;
   auto pad = [&](int64_t from, int64_t to) {
     if (from >= to) return;
-    std::fill(out.input_ids + row + from, out.input_ids + row + to, pad_id);
-    std::fill(out.attention_mask + row + from, out.attention_mask + row + to, int64_t{0});
-    std::fill(out.position_ids + row + from, out.position_ids + row + to, int64_t{0});
+    if (out.write_pad_ids) std::fill(out.input_ids + row + from, out.input_ids + row + to, pad_id);
+    if (out.write_zero_masks) std::fill(out.attention_mask + row + from, out.attention_mask + row + to, int64_t{0});
+    if (out.write_zero_positions) std::fill(out.position_ids + row + from, out.position_ids + row + to, int64_t{0});
   };
   pad(0, start);
   pad(end, width);
@@ -104,9 +144,9 @@ void write_row(const int64_t* prompt, int64_t prompt_len, const int64_t* respons
     std::copy(next, next + (last - first), out.target_ids + row + first);
   }
   std::fill(out.target_ids + row + last, out.target_ids + row + width, kIgnoreIndex);
-  std::fill(out.response_mask + row, out.response_mask + row + first, false);
+  if (out.write_false_response) std::fill(out.response_mask + row, out.response_mask + row + first, false);
   std::fill(out.response_mask + row + first, out.response_mask + row + last, true);
-  std::fill(out.response_mask + row + last, out.response_mask + row + width, false);
+  if (out.write_false_response) std::fill(out.response_mask + row + last, out.response_mask + row + width, false);
 }
 
 using BatchTensors = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
@@ -128,14 +168,20 @@ BatchTensors build_batch(const at::Tensor& like, const std::vector<int64_t>& pro
               ")");
   const auto shape = packed ? std::vector<int64_t>{offsets[batch]} : std::vector<int64_t>{batch, max_len};
   const auto long_options = like.options().dtype(at::kLong);
-  at::Tensor input_ids = empty_output(shape, long_options);
-  at::Tensor attention_mask = empty_output(shape, long_options);
-  at::Tensor position_ids = empty_output(shape, long_options);
-  at::Tensor response_mask = empty_output(shape, like.options().dtype(at::kBool));
-  at::Tensor target_ids = empty_output(shape, long_options);
-  const RowOutputs out{input_ids.data_ptr<int64_t>(), attention_mask.data_ptr<int64_t>(),
-                       position_ids.data_ptr<int64_t>(), response_mask.data_ptr<bool>(),
-                       target_ids.data_ptr<int64_t>()};
+  const Output input_ids = empty_output(shape, long_options, !packed);
+  const Output attention_mask = empty_output(shape, long_options, !packed);
+  const Output position_ids = empty_output(shape, long_options, !packed);
+  const Output response_mask = empty_output(shape, like.options().dtype(at::kBool), !packed);
+  const Output target_ids = empty_output(shape, long_options, !packed);
+  const RowOutputs out{input_ids.tensor.data_ptr<int64_t>(),
+                       attention_mask.tensor.data_ptr<int64_t>(),
+                       position_ids.tensor.data_ptr<int64_t>(),
+                       response_mask.tensor.data_ptr<bool>(),
+                       target_ids.tensor.data_ptr<int64_t>(),
+                       !(input_ids.zeroed && pad_id == 0),
+                       !attention_mask.zeroed,
+                       !position_ids.zeroed,
+                       !response_mask.zeroed};
   for_rows(batch, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const int64_t length = offsets[b + 1] - offsets[b];
@@ -148,7 +194,7 @@ BatchTensors build_batch(const at::Tensor& like, const std::vector<int64_t>& pro
       }
     }
   });
-  return {input_ids, attention_mask, position_ids, response_mask, target_ids};
+  return {input_ids.tensor, attention_mask.tensor, position_ids.tensor, response_mask.tensor, target_ids.tensor};
 }
 
 std::vector<int64_t> lengths_of(const at::Tensor& cu, int64_t total, const char* name) {

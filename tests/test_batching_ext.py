@@ -208,19 +208,22 @@ def test_ops_on_large_inputs():
 
 
 @pytestmark_ext
-@pytest.mark.parametrize("packed", [False, True])
-def test_large_outputs_are_ordinary_tensors(packed):
-    """Outputs of 2 MiB and more get their own huge-page-aligned memory: they still equal the reference,
-    share nothing, and can be written, resized and freed like any tensor."""
+@pytest.mark.parametrize(
+    ("packed", "left", "pad_id"), [(False, False, 0), (False, True, 0), (False, False, 5), (True, False, 0)]
+)
+def test_large_outputs_are_ordinary_tensors(packed, left, pad_id):
+    """Outputs of 2 MiB and more get their own huge-page-aligned memory (padded: fresh pages, where zero
+    padding is not written again): they still equal the reference, share nothing, and can be written,
+    resized and freed like any tensor."""
     generator = torch.Generator().manual_seed(1)
     prompt_lengths = torch.randint(1, 400, (300,), generator=generator).tolist()
     response_lengths = torch.randint(0, 3000, (300,), generator=generator).tolist()
     prompts = [torch.randint(0, 1000, (n,), generator=generator) for n in prompt_lengths]
     responses = [torch.randint(0, 1000, (n,), generator=generator) for n in response_lengths]
-    outputs = ops.rollout_batch_lists(prompts, responses, 5, packed, False)
+    outputs = ops.rollout_batch_lists(prompts, responses, pad_id, packed, left)
     flat = (torch.cat(prompts), offsets([len(p) for p in prompts]), torch.cat(responses))
     longest = max(len(p) + len(r) for p, r in zip(prompts, responses, strict=True))
-    args = (*flat, offsets([len(r) for r in responses]), 5, longest, packed, False)
+    args = (*flat, offsets([len(r) for r in responses]), pad_id, longest, packed, left)
     assert_all_equal(outputs, reference.rollout_batch(*args))
     assert min(t.numel() * t.element_size() for t in outputs[:3]) >= 2 << 20  # the huge-page path
     assert len({t.untyped_storage().data_ptr() for t in outputs}) == 5
