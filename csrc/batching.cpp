@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -45,6 +44,7 @@ void for_rows(int64_t batch, const Fn& fn) {
 // faults, which cost more than writing the values (benchmarks/results/bench_batching_*.md).
 constexpr size_t kHugePage = size_t{2} << 20;
 
+#ifdef __linux__
 struct MappedRegion {
   void* data;
   size_t bytes;
@@ -55,47 +55,39 @@ void unmap_region(void* context) {
   munmap(region->data, region->bytes);
   delete region;
 }
-
-void free_aligned(void* data) { std::free(data); }
+#endif
 
 struct Output {
   at::Tensor tensor;
   bool zeroed;  // fresh pages from the kernel, which are zero-filled
 };
 
-// A contiguous tensor of `shape`, uninitialised unless `zeroed`. Large CPU outputs get huge-page-aligned
-// memory: with `fresh_pages`, newly mapped pages (zero-filled, so zero padding need not be written:
-// the padded layout is mostly padding); without, heap memory (the packed layout has no padding, and
-// the heap may hand back memory the previous batch freed, which costs no page faults).
+// A contiguous tensor of `shape`, uninitialised unless `zeroed`. With `fresh_pages`, a large CPU output
+// gets newly mapped, huge-page-aligned memory: zero-filled by the kernel, so zero padding need not be
+// written (the padded layout is mostly padding), and faulted in 2 MiB at a time. Otherwise at::empty:
+// the packed layout has no padding, and the heap may hand back memory the previous batch freed, which
+// costs no page faults at all (measured: huge pages made the packed batch slower on the shared box).
 Output empty_output(at::IntArrayRef shape, const at::TensorOptions& options, bool fresh_pages) {
   const size_t bytes = static_cast<size_t>(c10::multiply_integers(shape)) * options.dtype().itemsize();
 #ifdef __linux__
-  if (options.device().is_cpu() && bytes >= kHugePage) {
+  if (fresh_pages && options.device().is_cpu() && bytes >= kHugePage) {
     const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
-    void* data = nullptr;
-    c10::DataPtr pointer;
-    if (fresh_pages) {
-      // Map one huge page more than needed and unmap the ends so that the range starts on a boundary.
-      const size_t span = rounded + kHugePage;
-      void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-      TORCH_CHECK(raw != MAP_FAILED, "exprl: cannot map ", span, " bytes for an output");
-      const auto first = reinterpret_cast<uintptr_t>(raw);
-      const uintptr_t aligned = (first + kHugePage - 1) & ~(kHugePage - 1);
-      if (aligned > first) munmap(raw, aligned - first);
-      if (first + span > aligned + rounded) {
-        munmap(reinterpret_cast<void*>(aligned + rounded), first + span - (aligned + rounded));
-      }
-      data = reinterpret_cast<void*>(aligned);
-      pointer = c10::DataPtr(data, new MappedRegion{data, rounded}, &unmap_region, at::Device(at::kCPU));
-    } else {
-      TORCH_CHECK(posix_memalign(&data, kHugePage, rounded) == 0 && data != nullptr, "exprl: cannot allocate ",
-                  rounded, " bytes for an output");
-      pointer = c10::DataPtr(data, data, &free_aligned, at::Device(at::kCPU));
+    // Map one huge page more than needed and unmap the ends so that the range starts on a boundary.
+    const size_t span = rounded + kHugePage;
+    void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    TORCH_CHECK(raw != MAP_FAILED, "exprl: cannot map ", span, " bytes for an output");
+    const auto first = reinterpret_cast<uintptr_t>(raw);
+    const uintptr_t aligned = (first + kHugePage - 1) & ~(kHugePage - 1);
+    if (aligned > first) munmap(raw, aligned - first);
+    if (first + span > aligned + rounded) {
+      munmap(reinterpret_cast<void*>(aligned + rounded), first + span - (aligned + rounded));
     }
+    void* data = reinterpret_cast<void*>(aligned);
     madvise(data, rounded, MADV_HUGEPAGE);  // advice only: without THP the kernel uses 4 KiB pages
-    c10::Storage storage(c10::Storage::use_byte_size_t(), bytes, std::move(pointer), c10::GetCPUAllocator(),
-                         /*resizable=*/true);
-    return {at::empty({0}, options).set_(storage, 0, shape), fresh_pages};
+    c10::Storage storage(c10::Storage::use_byte_size_t(), bytes,
+                         c10::DataPtr(data, new MappedRegion{data, rounded}, &unmap_region, at::Device(at::kCPU)),
+                         c10::GetCPUAllocator(), /*resizable=*/true);
+    return {at::empty({0}, options).set_(storage, 0, shape), true};
   }
 #endif
   return {at::empty(shape, options), false};
