@@ -212,9 +212,9 @@ def test_ops_on_large_inputs():
     ("packed", "left", "pad_id"), [(False, False, 0), (False, True, 0), (False, False, 5), (True, False, 0)]
 )
 def test_large_outputs_are_ordinary_tensors(packed, left, pad_id):
-    """Outputs of 2 MiB and more get their own huge-page-aligned memory (padded: fresh pages, where zero
-    padding is not written again): they still equal the reference, share nothing, and can be written,
-    resized and freed like any tensor."""
+    """Padded outputs of 2 MiB and more live in freshly mapped huge-page-aligned memory whose zero padding
+    is not written again (packed ones come from at::empty): either way they equal the reference, share
+    nothing, and can be written, resized and freed like any tensor."""
     generator = torch.Generator().manual_seed(1)
     prompt_lengths = torch.randint(1, 400, (300,), generator=generator).tolist()
     response_lengths = torch.randint(0, 3000, (300,), generator=generator).tolist()
@@ -225,7 +225,8 @@ def test_large_outputs_are_ordinary_tensors(packed, left, pad_id):
     longest = max(len(p) + len(r) for p, r in zip(prompts, responses, strict=True))
     args = (*flat, offsets([len(r) for r in responses]), pad_id, longest, packed, left)
     assert_all_equal(outputs, reference.rollout_batch(*args))
-    assert min(t.numel() * t.element_size() for t in outputs[:3]) >= 2 << 20  # the huge-page path
+    # large enough for the mapped path
+    assert min(t.numel() * t.element_size() for t in outputs[:3]) >= 2 << 20
     assert len({t.untyped_storage().data_ptr() for t in outputs}) == 5
     input_ids = outputs[0]
     before = input_ids.clone()
