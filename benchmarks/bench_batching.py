@@ -280,6 +280,8 @@ def write_results(out_dir: Path, quick: bool) -> Path:
         "torch_threads": torch.get_num_threads(),
         "load_average_1min": round(os.getloadavg()[0], 2),
         "backend_cpu": batching.backend("cpu"),
+        # torch's CPU allocator puts large tensors on huge pages when this is 1 (baseline included)
+        "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE", "unset"),
         "batch": BATCH,
         "max_response": MAX_RESPONSE,
         "quick": quick,
