@@ -32,12 +32,14 @@ import exprl.batching as batching
 QUICK = os.environ.get("EXPRL_BENCH_QUICK") == "1"
 BATCH = 64 if QUICK else 1024
 MAX_RESPONSE = 512 if QUICK else 4096
-ROUNDS = 2 if QUICK else 5
+ROUNDS = 2 if QUICK else 11  # medians over 11 rounds: the shared box is noisy
 PAD_ID = 0
 EOS_ID = 2
 TARGETS = {"cpu-padded": 4.0, "cpu-packed": 10.0, "cuda-generation-packed": 3.0}
 
 RESULTS: dict[str, dict[str, float]] = {}
+# Fastest round per case: on a shared machine the median carries other processes' load, the minimum less.
+MINIMA: dict[str, dict[str, float]] = {}
 
 
 def rollout_lists(batch: int, seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -108,6 +110,7 @@ def generation_output(batch: int, width: int, prompt_width: int, device: str, se
 def record(group: str, name: str, benchmark) -> None:
     if benchmark.stats is not None:
         RESULTS.setdefault(group, {})[name] = benchmark.stats.stats.median
+        MINIMA.setdefault(group, {})[name] = benchmark.stats.stats.min
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +148,29 @@ def alloc_and_fill_outputs(shape: tuple[int, ...]) -> list[torch.Tensor]:
     return [torch.empty(shape, dtype=torch.long).fill_(1) for _ in range(4)] + [
         torch.ones(shape, dtype=torch.bool)
     ]
+
+
+def output_buffers(shape: tuple[int, ...]) -> list[torch.Tensor]:
+    return [torch.ones(shape, dtype=torch.long) for _ in range(4)] + [torch.ones(shape, dtype=torch.bool)]
+
+
+def fill_outputs(buffers: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Context, near a floor: writing every element of five already-mapped output tensors once."""
+    return [buffer.fill_(1) for buffer in buffers]
+
+
+@pytest.mark.benchmark(group="cpu-padded")
+def test_cpu_padded_fill_warm_outputs(benchmark, cpu_rollouts):
+    width = max(len(p) + len(r) for p, r in zip(*cpu_rollouts, strict=True))
+    benchmark.pedantic(fill_outputs, args=(output_buffers((BATCH, width)),), rounds=ROUNDS, warmup_rounds=1)
+    record("cpu-padded", "fill-warm", benchmark)
+
+
+@pytest.mark.benchmark(group="cpu-packed")
+def test_cpu_packed_fill_warm_outputs(benchmark, cpu_rollouts):
+    total = sum(len(p) + len(r) for p, r in zip(*cpu_rollouts, strict=True))
+    benchmark.pedantic(fill_outputs, args=(output_buffers((total,)),), rounds=ROUNDS, warmup_rounds=1)
+    record("cpu-packed", "fill-warm", benchmark)
 
 
 @pytest.mark.benchmark(group="cpu-padded")
@@ -222,9 +248,14 @@ def summary() -> dict:
     for group, times in RESULTS.items():
         baseline = times.get("straightforward", times.get("eager-torch"))
         fast = times.get("exprl-ext")
+        minima = MINIMA.get(group, {})
+        baseline_min = minima.get("straightforward", minima.get("eager-torch"))
+        fast_min = minima.get("exprl-ext")
         rows[group] = {
             "median_s": times,
+            "min_s": minima,
             "speedup": baseline / fast if baseline and fast else None,
+            "speedup_of_minima": baseline_min / fast_min if baseline_min and fast_min else None,
             "target": TARGETS[group],
         }
     return rows
@@ -249,6 +280,8 @@ def write_results(out_dir: Path, quick: bool) -> Path:
         "torch_threads": torch.get_num_threads(),
         "load_average_1min": round(os.getloadavg()[0], 2),
         "backend_cpu": batching.backend("cpu"),
+        # torch's CPU allocator puts large tensors on huge pages when this is 1 (baseline included)
+        "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE", "unset"),
         "batch": BATCH,
         "max_response": MAX_RESPONSE,
         "quick": quick,
@@ -261,8 +294,9 @@ def write_results(out_dir: Path, quick: bool) -> Path:
         *(f"- {key}: {value}" for key, value in header.items()),
         "",
         "| case | baseline median (ms) | exprl ext median (ms) | exprl torch fallback (ms)"
-        " | alloc+fill outputs only (ms) | speedup | target |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        " | alloc+fill outputs only (ms) | fill preallocated outputs (ms) | speedup"
+        " | speedup of minima | target |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for group, row in rows.items():
         times = row["median_s"]
@@ -272,10 +306,12 @@ def write_results(out_dir: Path, quick: bool) -> Path:
             return f"{value * 1e3:.1f}" if value is not None else "-"
 
         speedup = f"{row['speedup']:.1f}x" if row["speedup"] else "-"
+        speedup_min = f"{row['speedup_of_minima']:.1f}x" if row["speedup_of_minima"] else "-"
         fallback = ms(times.get("exprl-torch")) if "exprl-torch" in times else "-"
         lines.append(
             f"| {group} | {ms(baseline)} | {ms(times.get('exprl-ext'))} | {fallback}"
-            f" | {ms(times.get('alloc-fill'))} | {speedup} | >= {row['target']:.0f}x |"
+            f" | {ms(times.get('alloc-fill'))} | {ms(times.get('fill-warm'))} | {speedup} | {speedup_min}"
+            f" | >= {row['target']:.0f}x |"
         )
     base.with_suffix(".md").write_text("\n".join(lines) + "\n")
     return base

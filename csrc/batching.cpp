@@ -3,12 +3,18 @@
 // implementations are in batching_cuda.cu. Work is split over sequences with at::parallel_for.
 #include <Python.h>
 #include <ATen/Parallel.h>
+#include <c10/core/CPUAllocator.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <vector>
+
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 #include "batching.h"
 
@@ -18,12 +24,86 @@ namespace {
 // Rows per parallel task: sequences are thousands of tokens, so a few rows already amortise a task.
 constexpr int64_t kRowGrain = 4;
 
+// Calls fn(begin, end) over [0, batch) in chunks of kRowGrain rows that the threads take from a shared
+// counter as they go, instead of equal shares fixed up front: on a shared machine one thread may lose
+// its core for a while, and the other then does the rows that are left rather than waiting.
+template <typename Fn>
+void for_rows(int64_t batch, const Fn& fn) {
+  std::atomic<int64_t> next{0};
+  const int64_t tasks = std::min<int64_t>(at::get_num_threads(), (batch + kRowGrain - 1) / kRowGrain);
+  at::parallel_for(0, tasks, 1, [&](int64_t, int64_t) {
+    for (int64_t begin = next.fetch_add(kRowGrain); begin < batch; begin = next.fetch_add(kRowGrain)) {
+      fn(begin, std::min(begin + kRowGrain, batch));
+    }
+  });
+}
+
+// Output tensors of at least this many bytes start on a 2 MiB boundary and are advised to use
+// transparent huge pages (what torch's own allocator does under THP_MEM_ALLOC_ENABLE=1). A padded
+// rollout batch is ~150 MB of fresh memory per call: with 4 KiB pages the kernel takes ~38k page
+// faults, which cost more than writing the values (benchmarks/results/bench_batching_*.md).
+constexpr size_t kHugePage = size_t{2} << 20;
+
+#ifdef __linux__
+struct MappedRegion {
+  void* data;
+  size_t bytes;
+};
+
+void unmap_region(void* context) {
+  auto* region = static_cast<MappedRegion*>(context);
+  munmap(region->data, region->bytes);
+  delete region;
+}
+#endif
+
+struct Output {
+  at::Tensor tensor;
+  bool zeroed;  // fresh pages from the kernel, which are zero-filled
+};
+
+// A contiguous tensor of `shape`, uninitialised unless `zeroed`. With `fresh_pages`, a large CPU output
+// gets newly mapped, huge-page-aligned memory: zero-filled by the kernel, so zero padding need not be
+// written (the padded layout is mostly padding), and faulted in 2 MiB at a time. Otherwise at::empty:
+// the packed layout has no padding, and the heap may hand back memory the previous batch freed, which
+// costs no page faults at all (measured: huge pages made the packed batch slower on the shared box).
+Output empty_output(at::IntArrayRef shape, const at::TensorOptions& options, bool fresh_pages) {
+  const size_t bytes = static_cast<size_t>(c10::multiply_integers(shape)) * options.dtype().itemsize();
+#ifdef __linux__
+  if (fresh_pages && options.device().is_cpu() && bytes >= kHugePage) {
+    const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+    // Map one huge page more than needed and unmap the ends so that the range starts on a boundary.
+    const size_t span = rounded + kHugePage;
+    void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    TORCH_CHECK(raw != MAP_FAILED, "exprl: cannot map ", span, " bytes for an output");
+    const auto first = reinterpret_cast<uintptr_t>(raw);
+    const uintptr_t aligned = (first + kHugePage - 1) & ~(kHugePage - 1);
+    if (aligned > first) munmap(raw, aligned - first);
+    if (first + span > aligned + rounded) {
+      munmap(reinterpret_cast<void*>(aligned + rounded), first + span - (aligned + rounded));
+    }
+    void* data = reinterpret_cast<void*>(aligned);
+    madvise(data, rounded, MADV_HUGEPAGE);  // advice only: without THP the kernel uses 4 KiB pages
+    c10::Storage storage(c10::Storage::use_byte_size_t(), bytes,
+                         c10::DataPtr(data, new MappedRegion{data, rounded}, &unmap_region, at::Device(at::kCPU)),
+                         c10::GetCPUAllocator(), /*resizable=*/true);
+    return {at::empty({0}, options).set_(storage, 0, shape), true};
+  }
+#endif
+  return {at::empty(shape, options), false};
+}
+
 struct RowOutputs {
   int64_t* input_ids;
   int64_t* attention_mask;
   int64_t* position_ids;
   bool* response_mask;
   int64_t* target_ids;
+  // Padding that is zero need not be written where the memory is known to be zero already.
+  bool write_pad_ids;
+  bool write_zero_masks;
+  bool write_zero_positions;
+  bool write_false_response;
 };
 
 // Writes the sequence prompt[0, prompt_len) + response[0, response_len) into the `width` slots
@@ -34,9 +114,9 @@ void write_row(const int64_t* prompt, int64_t prompt_len, const int64_t* respons
   const int64_t end = start + length;
   auto pad = [&](int64_t from, int64_t to) {
     if (from >= to) return;
-    std::fill(out.input_ids + row + from, out.input_ids + row + to, pad_id);
-    std::fill(out.attention_mask + row + from, out.attention_mask + row + to, int64_t{0});
-    std::fill(out.position_ids + row + from, out.position_ids + row + to, int64_t{0});
+    if (out.write_pad_ids) std::fill(out.input_ids + row + from, out.input_ids + row + to, pad_id);
+    if (out.write_zero_masks) std::fill(out.attention_mask + row + from, out.attention_mask + row + to, int64_t{0});
+    if (out.write_zero_positions) std::fill(out.position_ids + row + from, out.position_ids + row + to, int64_t{0});
   };
   pad(0, start);
   pad(end, width);
@@ -56,9 +136,9 @@ void write_row(const int64_t* prompt, int64_t prompt_len, const int64_t* respons
     std::copy(next, next + (last - first), out.target_ids + row + first);
   }
   std::fill(out.target_ids + row + last, out.target_ids + row + width, kIgnoreIndex);
-  std::fill(out.response_mask + row, out.response_mask + row + first, false);
+  if (out.write_false_response) std::fill(out.response_mask + row, out.response_mask + row + first, false);
   std::fill(out.response_mask + row + first, out.response_mask + row + last, true);
-  std::fill(out.response_mask + row + last, out.response_mask + row + width, false);
+  if (out.write_false_response) std::fill(out.response_mask + row + last, out.response_mask + row + width, false);
 }
 
 using BatchTensors = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
@@ -80,15 +160,21 @@ BatchTensors build_batch(const at::Tensor& like, const std::vector<int64_t>& pro
               ")");
   const auto shape = packed ? std::vector<int64_t>{offsets[batch]} : std::vector<int64_t>{batch, max_len};
   const auto long_options = like.options().dtype(at::kLong);
-  at::Tensor input_ids = at::empty(shape, long_options);
-  at::Tensor attention_mask = at::empty(shape, long_options);
-  at::Tensor position_ids = at::empty(shape, long_options);
-  at::Tensor response_mask = at::empty(shape, like.options().dtype(at::kBool));
-  at::Tensor target_ids = at::empty(shape, long_options);
-  const RowOutputs out{input_ids.data_ptr<int64_t>(), attention_mask.data_ptr<int64_t>(),
-                       position_ids.data_ptr<int64_t>(), response_mask.data_ptr<bool>(),
-                       target_ids.data_ptr<int64_t>()};
-  at::parallel_for(0, batch, kRowGrain, [&](int64_t begin, int64_t end) {
+  const Output input_ids = empty_output(shape, long_options, !packed);
+  const Output attention_mask = empty_output(shape, long_options, !packed);
+  const Output position_ids = empty_output(shape, long_options, !packed);
+  const Output response_mask = empty_output(shape, like.options().dtype(at::kBool), !packed);
+  const Output target_ids = empty_output(shape, long_options, !packed);
+  const RowOutputs out{input_ids.tensor.data_ptr<int64_t>(),
+                       attention_mask.tensor.data_ptr<int64_t>(),
+                       position_ids.tensor.data_ptr<int64_t>(),
+                       response_mask.tensor.data_ptr<bool>(),
+                       target_ids.tensor.data_ptr<int64_t>(),
+                       !(input_ids.zeroed && pad_id == 0),
+                       !attention_mask.zeroed,
+                       !position_ids.zeroed,
+                       !response_mask.zeroed};
+  for_rows(batch, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const int64_t length = offsets[b + 1] - offsets[b];
       const auto [prompt, response] = source_of(b);
@@ -100,7 +186,7 @@ BatchTensors build_batch(const at::Tensor& like, const std::vector<int64_t>& pro
       }
     }
   });
-  return {input_ids, attention_mask, position_ids, response_mask, target_ids};
+  return {input_ids.tensor, attention_mask.tensor, position_ids.tensor, response_mask.tensor, target_ids.tensor};
 }
 
 std::vector<int64_t> lengths_of(const at::Tensor& cu, int64_t total, const char* name) {
@@ -186,7 +272,7 @@ std::tuple<at::Tensor, at::Tensor> generation_lengths_cpu(const at::Tensor& sequ
   const int64_t* data = rows.data_ptr<int64_t>();
   int64_t* length_data = lengths.data_ptr<int64_t>();
   bool* truncated_data = truncated.data_ptr<bool>();
-  at::parallel_for(0, batch, kRowGrain, [&](int64_t begin, int64_t end) {
+  for_rows(batch, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const int64_t* response = data + b * width + prompt_width;
       const int64_t* response_end = data + (b + 1) * width;
@@ -260,7 +346,7 @@ at::Tensor unpack_cpu(const at::Tensor& values, const at::Tensor& cu_seqlens, in
   const auto* src = static_cast<const char*>(source.data_ptr());
   auto* dst = static_cast<char*>(out.data_ptr());
   const int64_t* start = offsets.data_ptr<int64_t>();
-  at::parallel_for(0, batch, kRowGrain, [&](int64_t begin, int64_t end) {
+  for_rows(batch, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       char* row = dst + b * max_len * item;
       const int64_t pad_items = max_len - lengths[b];
@@ -292,7 +378,7 @@ at::Tensor repack_cpu(const at::Tensor& padded, const at::Tensor& cu_seqlens, bo
   const int64_t item = c10::multiply_integers(source.sizes().slice(2)) * source.element_size();
   const auto* src = static_cast<const char*>(source.data_ptr());
   auto* dst = static_cast<char*>(out.data_ptr());
-  at::parallel_for(0, static_cast<int64_t>(lengths.size()), kRowGrain, [&](int64_t begin, int64_t end) {
+  for_rows(static_cast<int64_t>(lengths.size()), [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const int64_t skip = left ? width - lengths[b] : 0;
       std::memcpy(dst + start[b] * item, src + (b * width + skip) * item, lengths[b] * item);
@@ -397,7 +483,7 @@ at::Tensor segment_advantages_cpu(const at::Tensor& segment_ids, const at::Tenso
   const int64_t* id_data = ids.data_ptr<int64_t>();
   const int64_t* start = offsets.data_ptr<int64_t>();
   float* adv = out.data_ptr<float>();
-  at::parallel_for(0, batch, kRowGrain, [&](int64_t begin, int64_t end) {
+  for_rows(batch, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       for (int64_t t = start[b]; t < start[b] + lengths[b]; ++t) {
         const int64_t segment = id_data[t];

@@ -207,6 +207,36 @@ def test_ops_on_large_inputs():
         assert_all_equal(ops.rollout_batch(*args), reference.rollout_batch(*args))
 
 
+@pytestmark_ext
+@pytest.mark.parametrize(
+    ("packed", "left", "pad_id"), [(False, False, 0), (False, True, 0), (False, False, 5), (True, False, 0)]
+)
+def test_large_outputs_are_ordinary_tensors(packed, left, pad_id):
+    """Padded outputs of 2 MiB and more live in freshly mapped huge-page-aligned memory whose zero padding
+    is not written again (packed ones come from at::empty): either way they equal the reference, share
+    nothing, and can be written, resized and freed like any tensor."""
+    generator = torch.Generator().manual_seed(1)
+    prompt_lengths = torch.randint(1, 400, (300,), generator=generator).tolist()
+    response_lengths = torch.randint(0, 3000, (300,), generator=generator).tolist()
+    prompts = [torch.randint(0, 1000, (n,), generator=generator) for n in prompt_lengths]
+    responses = [torch.randint(0, 1000, (n,), generator=generator) for n in response_lengths]
+    outputs = ops.rollout_batch_lists(prompts, responses, pad_id, packed, left)
+    flat = (torch.cat(prompts), offsets([len(p) for p in prompts]), torch.cat(responses))
+    longest = max(len(p) + len(r) for p, r in zip(prompts, responses, strict=True))
+    args = (*flat, offsets([len(r) for r in responses]), pad_id, longest, packed, left)
+    assert_all_equal(outputs, reference.rollout_batch(*args))
+    # large enough for the mapped path
+    assert min(t.numel() * t.element_size() for t in outputs[:3]) >= 2 << 20
+    assert len({t.untyped_storage().data_ptr() for t in outputs}) == 5
+    input_ids = outputs[0]
+    before = input_ids.clone()
+    input_ids.view(-1)[-1] = 123
+    assert torch.equal(input_ids.view(-1)[:-1], before.view(-1)[:-1]) and input_ids.view(-1)[-1] == 123
+    grown = input_ids.view(-1).resize_(input_ids.numel() + 7)
+    assert torch.equal(grown[: before.numel() - 1], before.view(-1)[:-1])
+    del outputs, input_ids, grown  # the custom deleter frees them (a crash here would fail the run)
+
+
 # ---- the ops check their own arguments (callers other than exprl.batching) ---------------------------
 
 
