@@ -9,9 +9,9 @@ composition (the reference ops); target >= 3x.
 
     python benchmarks/bench_batching.py [--quick] [--out benchmarks/results]
 
-writes <out>/bench_batching_<date>_<machine>.json and .md and prints the ratios; `--quick` (CI smoke)
-shrinks the batch and the rounds. Also collectable by pytest (`pytest benchmarks/bench_batching.py
---benchmark-enable`).
+or `pytest benchmarks/bench_batching.py --benchmark-enable` (EXPRL_BENCH_QUICK=1 for the small CI size,
+EXPRL_BENCH_OUT for the folder) prints the ratios and writes bench_batching_<date>_<device>.json and .md
+to the output folder (default benchmarks/results/, or the temp dir in quick mode).
 """
 
 import argparse
@@ -21,6 +21,7 @@ import os
 import platform
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,9 @@ MAX_RESPONSE = 512 if QUICK else 4096
 ROUNDS = 2 if QUICK else 11  # medians over 11 rounds: the shared box is noisy
 PAD_ID = 0
 EOS_ID = 2
+# quick (smoke) runs write to the temp dir so that CI leaves the checkout clean
+_DEFAULT_OUT = Path(tempfile.gettempdir()) / "exprl_bench" if QUICK else Path(__file__).parent / "results"
+OUT_DIR = Path(os.environ.get("EXPRL_BENCH_OUT", _DEFAULT_OUT))
 TARGETS = {"cpu-padded": 4.0, "cpu-packed": 10.0, "cuda-generation-packed": 3.0}
 
 RESULTS: dict[str, dict[str, float]] = {}
@@ -111,6 +115,19 @@ def record(group: str, name: str, benchmark) -> None:
     if benchmark.stats is not None:
         RESULTS.setdefault(group, {})[name] = benchmark.stats.stats.median
         MINIMA.setdefault(group, {})[name] = benchmark.stats.stats.min
+
+
+@pytest.fixture(scope="module", autouse=True)
+def write_table():
+    """After the module's benchmarks: the ratios on stdout, the table as JSON and Markdown in OUT_DIR."""
+    yield
+    if not RESULTS:
+        return
+    base = write_results(OUT_DIR, QUICK)
+    for group, row in summary().items():
+        speedup = f"{row['speedup']:.1f}x" if row["speedup"] else "n/a"
+        print(f"\n{group}: speedup {speedup} (target >= {row['target']:.0f}x)")
+    print(f"wrote {base}.json and {base}.md")
 
 
 @pytest.fixture(scope="module")
@@ -320,32 +337,17 @@ def write_results(out_dir: Path, quick: bool) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small batch and few rounds (CI smoke run)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: EXPRL_BENCH_OUT)")
     parser.add_argument("--cuda-only", action="store_true", help="only the CUDA case")
     args = parser.parse_args(argv)
     if args.quick:
         os.environ["EXPRL_BENCH_QUICK"] = "1"
-    pytest_args = [
-        __file__,
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "--benchmark-enable",
-        "--benchmark-columns=median,min",
-    ]
+    if args.out is not None:
+        os.environ["EXPRL_BENCH_OUT"] = str(args.out)
+    pytest_args = [__file__, "-q", "-s", "-p", "no:cacheprovider", "--benchmark-enable"]
     if args.cuda_only:
         pytest_args += ["-k", "cuda"]
-    code = pytest.main(pytest_args)
-    # pytest imported this file again as the module `bench_batching`: its RESULTS hold the timings.
-    module = sys.modules.get(Path(__file__).stem, sys.modules[__name__])
-    if code not in (0, 5) or not module.RESULTS:
-        return int(code) or 1
-    base = module.write_results(args.out, args.quick)
-    for group, row in module.summary().items():
-        speedup = f"{row['speedup']:.1f}x" if row["speedup"] else "n/a"
-        print(f"{group}: speedup {speedup} (target >= {row['target']:.0f}x)")
-    print(f"wrote {base}.json and {base}.md")
-    return 0
+    return int(pytest.main(pytest_args))
 
 
 if __name__ == "__main__":
