@@ -29,7 +29,7 @@ from exprl import batching
 from exprl.data import Problem, load_problems
 from exprl.kernels import entropy_pg_loss, logprobs_and_entropy
 from exprl.train import advantages, checkpoint, report, rollout
-from exprl.train.config import TrainConfig, batch_layout, save_config
+from exprl.train.config import TrainConfig, batch_layout
 from exprl.train.engine import build_engine, deepspeed_config, init_distributed, load_policy
 
 SEQUENCE_AGGS = ("seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
@@ -66,19 +66,7 @@ def run(cfg: TrainConfig) -> pathlib.Path:
         "became_solved": [],
         "eval_before": None,
     }
-    tag = checkpoint.latest(ckpt_dir) if cfg.resume == "auto" else None
-    if tag is not None:
-        state = checkpoint.load(engine, ckpt_dir, tag)
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-        report.truncate_metrics(run_dir / "metrics.jsonl", after_step=state["step"])
-    if cfg.eval.enabled and state["eval_before"] is None:
-        state["eval_before"] = report.evaluate_policy(engine, tokenizer, cfg, stage="before")
-
-    logger = report.make_logger(run_dir, rank)
-    bar = report.progress(cfg, start=state["step"], enabled=rank == 0 and cfg.progress)
-    saved_at = state["step"] if tag is not None else -1
+    state, logger, bar, saved_at = report.begin_run(engine, tokenizer, cfg, rank, state)
     for step in range(state["step"], cfg.steps):
         metrics = train_step(engine, ref, tokenizer, judge, verifier, problems, cfg, step, state)
         logger.log(step + 1, metrics)

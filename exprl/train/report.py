@@ -26,6 +26,30 @@ def progress(cfg: TrainConfig, start: int, enabled: bool):
     return tqdm(total=cfg.steps, initial=start, desc=cfg.name, disable=not enabled, dynamic_ncols=True)
 
 
+def begin_run(engine, tokenizer, cfg: TrainConfig, rank: int, state: dict[str, Any]):
+    """Start or resume a run: load the latest checkpoint (`resume: auto`) over the fresh `state`, write
+    config.yaml, drop metrics logged after that checkpoint, evaluate the policy before training once.
+
+    Returns (state, logger, progress bar, step of the checkpoint resumed from or -1).
+    """
+    from exprl.train import checkpoint
+    from exprl.train.config import save_config
+
+    run_dir, ckpt_dir = cfg.run_dir, cfg.run_dir / "checkpoints"
+    tag = checkpoint.latest(ckpt_dir) if cfg.resume == "auto" else None
+    if tag is not None:
+        state = checkpoint.load(engine, ckpt_dir, tag)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        truncate_metrics(run_dir / "metrics.jsonl", after_step=state["step"])
+    if cfg.eval.enabled and state["eval_before"] is None:
+        state["eval_before"] = evaluate_policy(engine, tokenizer, cfg, stage="before")
+    logger = make_logger(run_dir, rank)
+    bar = progress(cfg, start=state["step"], enabled=rank == 0 and cfg.progress)
+    return state, logger, bar, state["step"] if tag is not None else -1
+
+
 def postfix(metrics: dict[str, float]) -> dict[str, str]:
     """The live figures of the progress bar."""
     return {short: f"{metrics[key]:.3g}" for key, short in POSTFIX_KEYS.items() if key in metrics}

@@ -15,7 +15,7 @@ from exprl import batching
 from exprl.data import Problem, load_problems
 from exprl.kernels import logprobs_and_entropy
 from exprl.train import checkpoint, report
-from exprl.train.config import TrainConfig, save_config
+from exprl.train.config import TrainConfig
 from exprl.train.engine import build_engine, deepspeed_config, init_distributed, load_policy
 from exprl.train.loop import global_sum, seed_everything, step_prompts
 from exprl.train.rollout import prompt_text
@@ -103,18 +103,7 @@ def run_sft(cfg: TrainConfig) -> pathlib.Path:
     engine = build_engine(model, deepspeed_config(cfg, cfg.sft.micro_batch_size, grad_accum, world))
 
     state: dict[str, Any] = {"step": 0, "eval_before": None}
-    tag = checkpoint.latest(ckpt_dir) if cfg.resume == "auto" else None
-    if tag is not None:
-        state = checkpoint.load(engine, ckpt_dir, tag)
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-        report.truncate_metrics(run_dir / "metrics.jsonl", after_step=state["step"])
-    if cfg.eval.enabled and state["eval_before"] is None:
-        state["eval_before"] = report.evaluate_policy(engine, tokenizer, cfg, stage="before")
-    logger = report.make_logger(run_dir, rank)
-    bar = report.progress(cfg, start=state["step"], enabled=rank == 0 and cfg.progress)
-    saved_at = state["step"] if tag is not None else -1
+    state, logger, bar, saved_at = report.begin_run(engine, tokenizer, cfg, rank, state)
     engine.train()
     for step in range(state["step"], cfg.steps):
         # the same seeded epoch permutation as the RL loop: the data position is the step
