@@ -28,7 +28,7 @@ from torch import Tensor
 from exprl import batching
 from exprl.data import Problem, load_problems
 from exprl.kernels import entropy_pg_loss, logprobs_and_entropy
-from exprl.train import advantages, checkpoint, report, rollout
+from exprl.train import advantages, report, rollout
 from exprl.train.config import TrainConfig, batch_layout
 from exprl.train.engine import build_engine, deepspeed_config, init_distributed, load_policy
 
@@ -43,7 +43,6 @@ def run(cfg: TrainConfig) -> pathlib.Path:
         return run_sft(cfg)
     rank, world = init_distributed()
     seed_everything(cfg.seed)
-    run_dir, ckpt_dir = cfg.run_dir, cfg.run_dir / "checkpoints"
     problems = load_problems(cfg.data.train, seed=cfg.seed)
     if len(problems) < cfg.rollout.prompts_per_step:
         raise ValueError(
@@ -66,21 +65,12 @@ def run(cfg: TrainConfig) -> pathlib.Path:
         "became_solved": [],
         "eval_before": None,
     }
-    state, logger, bar, saved_at = report.begin_run(engine, tokenizer, cfg, rank, state)
+    state, logger, bar, saved = report.begin_run(engine, tokenizer, cfg, rank, state)
     for step in range(state["step"], cfg.steps):
         metrics = train_step(engine, ref, tokenizer, judge, verifier, problems, cfg, step, state)
-        logger.log(step + 1, metrics)
-        bar.update(1)
-        bar.set_postfix(report.postfix(metrics), refresh=False)
-        state["step"] = step + 1
-        if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0:
-            checkpoint.save(engine, ckpt_dir, state["step"], state)
-            saved_at = state["step"]
-    bar.close()
-    if saved_at != state["step"]:
-        checkpoint.save(engine, ckpt_dir, state["step"], state)
-    report.finish(engine, tokenizer, cfg, state, logger, rank)
-    return run_dir
+        saved = report.end_step(engine, cfg, state, metrics, logger, bar)
+    report.end_run(engine, tokenizer, cfg, state, logger, bar, saved, rank)
+    return cfg.run_dir
 
 
 def seed_everything(seed: int) -> None:

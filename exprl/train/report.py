@@ -30,7 +30,7 @@ def begin_run(engine, tokenizer, cfg: TrainConfig, rank: int, state: dict[str, A
     """Start or resume a run: load the latest checkpoint (`resume: auto`) over the fresh `state`, write
     config.yaml, drop metrics logged after that checkpoint, evaluate the policy before training once.
 
-    Returns (state, logger, progress bar, step of the checkpoint resumed from or -1).
+    Returns (state, logger, progress bar, whether `state` is the latest saved checkpoint).
     """
     from exprl.train import checkpoint
     from exprl.train.config import save_config
@@ -47,7 +47,32 @@ def begin_run(engine, tokenizer, cfg: TrainConfig, rank: int, state: dict[str, A
         state["eval_before"] = evaluate_policy(engine, tokenizer, cfg, stage="before")
     logger = make_logger(run_dir, rank)
     bar = progress(cfg, start=state["step"], enabled=rank == 0 and cfg.progress)
-    return state, logger, bar, state["step"] if tag is not None else -1
+    return state, logger, bar, tag is not None
+
+
+def end_step(engine, cfg: TrainConfig, state: dict[str, Any], metrics: dict[str, float], logger, bar) -> bool:
+    """Close step `state["step"]`: log its metrics, advance the bar and the state, checkpoint every
+    `checkpoint_every` steps. Returns whether it saved a checkpoint."""
+    from exprl.train import checkpoint
+
+    state["step"] += 1
+    logger.log(state["step"], metrics)
+    bar.update(1)
+    bar.set_postfix(postfix(metrics), refresh=False)
+    if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0:
+        checkpoint.save(engine, cfg.run_dir / "checkpoints", state["step"], state)
+        return True
+    return False
+
+
+def end_run(engine, tokenizer, cfg: TrainConfig, state: dict[str, Any], logger, bar, saved: bool, rank: int):
+    """Checkpoint the last step unless it was just saved, then evaluate, export and print the table."""
+    from exprl.train import checkpoint
+
+    bar.close()
+    if not saved:
+        checkpoint.save(engine, cfg.run_dir / "checkpoints", state["step"], state)
+    finish(engine, tokenizer, cfg, state, logger, rank)
 
 
 def postfix(metrics: dict[str, float]) -> dict[str, str]:

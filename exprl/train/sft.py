@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from exprl import batching
 from exprl.data import Problem, load_problems
 from exprl.kernels import logprobs_and_entropy
-from exprl.train import checkpoint, report
+from exprl.train import report
 from exprl.train.config import TrainConfig
 from exprl.train.engine import build_engine, deepspeed_config, init_distributed, load_policy
 from exprl.train.loop import global_sum, seed_everything, step_prompts
@@ -91,7 +91,6 @@ def run_sft(cfg: TrainConfig) -> pathlib.Path:
     `cfg.sft.batch_size` examples (epochs follow each other in seeded orders); returns the run dir."""
     rank, world = init_distributed()
     seed_everything(cfg.seed)
-    run_dir, ckpt_dir = cfg.run_dir, cfg.run_dir / "checkpoints"
     per_rank, grad_accum = sft_layout(cfg, world)
     model, tokenizer = load_policy(cfg)
     problems = load_problems(cfg.data.train, seed=cfg.seed)
@@ -103,7 +102,7 @@ def run_sft(cfg: TrainConfig) -> pathlib.Path:
     engine = build_engine(model, deepspeed_config(cfg, cfg.sft.micro_batch_size, grad_accum, world))
 
     state: dict[str, Any] = {"step": 0, "eval_before": None}
-    state, logger, bar, saved_at = report.begin_run(engine, tokenizer, cfg, rank, state)
+    state, logger, bar, saved = report.begin_run(engine, tokenizer, cfg, rank, state)
     engine.train()
     for step in range(state["step"], cfg.steps):
         # the same seeded epoch permutation as the RL loop: the data position is the step
@@ -124,15 +123,6 @@ def run_sft(cfg: TrainConfig) -> pathlib.Path:
             # loss tokens per second, as the RL loop counts them (prompt tokens are read, not trained)
             "throughput/trained_tokens_per_s": stats["tokens"] / max(elapsed, 1e-9),
         }
-        logger.log(step + 1, metrics)
-        bar.update(1)
-        bar.set_postfix(report.postfix(metrics), refresh=False)
-        state["step"] = step + 1
-        if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0:
-            checkpoint.save(engine, ckpt_dir, state["step"], state)
-            saved_at = state["step"]
-    bar.close()
-    if saved_at != state["step"]:
-        checkpoint.save(engine, ckpt_dir, state["step"], state)
-    report.finish(engine, tokenizer, cfg, state, logger, rank)
-    return run_dir
+        saved = report.end_step(engine, cfg, state, metrics, logger, bar)
+    report.end_run(engine, tokenizer, cfg, state, logger, bar, saved, rank)
+    return cfg.run_dir
