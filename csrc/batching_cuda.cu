@@ -391,39 +391,7 @@ __global__ void segment_table_kernel(const float* scores, const int64_t* counts,
   scores += g * rows * width;
   counts += g * rows;
   table += g * rows * width;
-  double mean = 0.0;
-  double denominator = 1.0;
-  if (mode == kSegmentGroup) {
-    double sum = 0.0;
-    int64_t total = 0;
-    for (int64_t r = 0; r < rows; ++r) {
-      for (int64_t t = 0; t < counts[r]; ++t) sum += scores[r * width + t];
-      total += counts[r];
-    }
-    mean = total > 0 ? sum / total : 0.0;
-    double squares = 0.0;
-    for (int64_t r = 0; r < rows; ++r) {
-      for (int64_t t = 0; t < counts[r]; ++t) squares += (scores[r * width + t] - mean) * (scores[r * width + t] - mean);
-    }
-    denominator = (total > 1 ? sqrt(squares / (total - 1)) : 0.0) + eps;
-  }
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* s = scores + r * width;
-    const int64_t count = counts[r];
-    for (int64_t t = 0; t < width; ++t) {
-      double value = 0.0;
-      if (t < count) {
-        if (mode == kSegmentDelta) {
-          value = static_cast<double>(s[t]) - (t == 0 ? s[count - 1] : s[t - 1]);
-        } else if (mode == kSegmentEnd) {
-          value = t == count - 1 ? s[t] : static_cast<double>(s[t]) - s[count - 1];
-        } else {
-          value = (s[t] - mean) / denominator;
-        }
-      }
-      table[r * width + t] = static_cast<float>(value);
-    }
-  }
+  segment_table(scores, counts, rows, width, mode, eps, table);
 }
 
 // One block per row; a segment id outside [0, num_segments) gets 0 (the Python API rejects those).
