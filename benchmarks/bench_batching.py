@@ -135,6 +135,26 @@ def cpu_rollouts():
     return rollout_lists(BATCH)
 
 
+def bench_build_rollout_batch(benchmark, rollouts, backend: str, layout: str) -> batching.RolloutBatch:
+    """Time exprl.batching.build_rollout_batch on `backend` ("ext" or "torch") and record it."""
+    if backend == "ext" and batching.extension_error() is not None:
+        pytest.skip(batching.extension_error())
+    prompts, responses = rollouts
+    with batching.use_backend(backend):
+        batch = benchmark.pedantic(
+            batching.build_rollout_batch,
+            args=(prompts, responses, PAD_ID, layout),
+            rounds=ROUNDS,
+            warmup_rounds=1,
+        )
+    record(f"cpu-{layout}", f"exprl-{backend}", benchmark)
+    return batch
+
+
+def batch_tensors(batch: batching.RolloutBatch) -> tuple[torch.Tensor, ...]:
+    return (batch.input_ids, batch.attention_mask, batch.position_ids, batch.response_mask, batch.target_ids)
+
+
 @pytest.mark.benchmark(group="cpu-padded")
 def test_cpu_padded_straightforward(benchmark, cpu_rollouts):
     benchmark.pedantic(straightforward_padded, args=(*cpu_rollouts, PAD_ID), rounds=ROUNDS, warmup_rounds=1)
@@ -144,20 +164,9 @@ def test_cpu_padded_straightforward(benchmark, cpu_rollouts):
 @pytest.mark.benchmark(group="cpu-padded")
 @pytest.mark.parametrize("backend", ["ext", "torch"])
 def test_cpu_padded_exprl(benchmark, cpu_rollouts, backend):
-    if backend == "ext" and batching.extension_error() is not None:
-        pytest.skip(batching.extension_error())
-    prompts, responses = cpu_rollouts
-    with batching.use_backend(backend):
-        batch = benchmark.pedantic(
-            batching.build_rollout_batch,
-            args=(prompts, responses, PAD_ID, "padded"),
-            rounds=ROUNDS,
-            warmup_rounds=1,
-        )
-    record("cpu-padded", f"exprl-{backend}", benchmark)
-    expected = straightforward_padded(prompts, responses, PAD_ID)
-    got = (batch.input_ids, batch.attention_mask, batch.position_ids, batch.response_mask, batch.target_ids)
-    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+    batch = bench_build_rollout_batch(benchmark, cpu_rollouts, backend, "padded")
+    expected = straightforward_padded(*cpu_rollouts, PAD_ID)
+    assert all(torch.equal(a, b) for a, b in zip(batch_tensors(batch), expected, strict=True))
 
 
 def alloc_and_fill_outputs(shape: tuple[int, ...]) -> list[torch.Tensor]:
@@ -213,20 +222,9 @@ def test_cpu_packed_straightforward(benchmark, cpu_rollouts):
 @pytest.mark.benchmark(group="cpu-packed")
 @pytest.mark.parametrize("backend", ["ext", "torch"])
 def test_cpu_packed_exprl(benchmark, cpu_rollouts, backend):
-    if backend == "ext" and batching.extension_error() is not None:
-        pytest.skip(batching.extension_error())
-    prompts, responses = cpu_rollouts
-    with batching.use_backend(backend):
-        batch = benchmark.pedantic(
-            batching.build_rollout_batch,
-            args=(prompts, responses, PAD_ID, "packed"),
-            rounds=ROUNDS,
-            warmup_rounds=1,
-        )
-    record("cpu-packed", f"exprl-{backend}", benchmark)
-    expected = straightforward_packed(prompts, responses)
-    got = (batch.input_ids, batch.attention_mask, batch.position_ids, batch.response_mask, batch.target_ids)
-    assert all(torch.equal(a, b) for a, b in zip(got, expected[:5], strict=True))
+    batch = bench_build_rollout_batch(benchmark, cpu_rollouts, backend, "packed")
+    expected = straightforward_packed(*cpu_rollouts)
+    assert all(torch.equal(a, b) for a, b in zip(batch_tensors(batch), expected[:5], strict=True))
     assert torch.equal(batch.cu_seqlens, expected[5])
 
 
