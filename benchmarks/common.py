@@ -234,6 +234,7 @@ def peak_memory_mib(module_file: str, prepare: str = "prepare", **kwargs) -> flo
 def _peak_in_this_process(module_file: str, prepare: str, kwargs: dict) -> float:
     spec = importlib.util.spec_from_file_location(Path(module_file).stem, module_file)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import would, for dataclasses and pickling
     spec.loader.exec_module(module)
     return peak_above_current_mib(getattr(module, prepare)(**kwargs))
 
