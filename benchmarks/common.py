@@ -1,5 +1,6 @@
-"""What every benchmark under benchmarks/ shares: sizes mode, machine info, timing, peak memory, the copy
-bandwidth probe, peers, and the writers. A benchmark file keeps only its cases and its table layout.
+"""What every benchmark under benchmarks/ shares: the quick or full mode, machine info, timing, peak
+memory, the copy bandwidth probe, peers, and the writers. A benchmark file keeps only its cases and its
+table layout.
 
 A benchmark is a pytest-benchmark file, `benchmarks/bench_<name>.py`; `exprl bench <name>` runs it (the
 name with "-" for "_"), and tests/test_benchmarks_smoke.py runs each one in quick mode. Inside a file:
@@ -16,6 +17,11 @@ name with "-" for "_"), and tests/test_benchmarks_smoke.py runs each one in quic
     def write_table():
         yield
         REPORT.write(columns)                                      # JSON + Markdown, machine info in both
+
+A peer column (another library a user would otherwise pick, e.g. Liger-Kernel): add its name to the
+backends a test is parametrized over and start that case with `liger = peer("liger_kernel", "liger-kernel")`;
+without the package the case is skipped with a message, the header lists it as "not installed", and
+`compare` leaves the other rows' ratios as they are.
 
 Environment: EXPRL_BENCH_QUICK=1 picks the small (smoke) sizes; EXPRL_BENCH_OUT the output folder
 (default benchmarks/results/, or <tmp>/exprl_bench/ in quick mode, so smoke runs leave the checkout clean).
