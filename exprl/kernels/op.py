@@ -40,7 +40,7 @@ def _check_token_tensor(name: str, value: object, shape: torch.Size, device: tor
     if value.shape != shape:
         raise ValueError(f"{name} must have the shape of target_ids {tuple(shape)}, got {tuple(value.shape)}")
     if value.device != device:
-        raise ValueError(f"{name} is on {value.device} but logits are on {device}")
+        raise ValueError(f"{name} is on {value.device} but target_ids are on {device}")
     return value
 
 
@@ -58,28 +58,33 @@ def _check_logits_and_targets(logits: object, target_ids: object) -> tuple[torch
         raise TypeError(f"logits must be float32, bfloat16 or float16, got {logits.dtype}")
     if logits.dim() not in (2, 3) or logits.shape[-1] == 0:
         raise ValueError(f"logits must have shape (N, V) or (B, T, V) with V > 0, got {tuple(logits.shape)}")
+    return logits, _check_targets(target_ids, logits, logits.shape[-1], "logits")
+
+
+def _check_targets(target_ids: object, rows: torch.Tensor, vocab: int, rows_name: str) -> torch.Tensor:
+    """target_ids (int64) checked against `rows` (the logits, or the hidden states of the fused linear op:
+    one target per row, so the shape of `rows` without its last dim) and the vocabulary size."""
     if not isinstance(target_ids, torch.Tensor):
         raise TypeError(f"target_ids must be a torch.Tensor, got {type(target_ids).__name__}")
     if target_ids.dtype.is_floating_point or target_ids.dtype.is_complex or target_ids.dtype == torch.bool:
         raise TypeError(f"target_ids must be an integer (int64) tensor, got {target_ids.dtype}")
-    if target_ids.shape != logits.shape[:-1]:
+    if target_ids.shape != rows.shape[:-1]:
         raise ValueError(
-            f"target_ids must have shape {tuple(logits.shape[:-1])} (logits without V), "
+            f"target_ids must have shape {tuple(rows.shape[:-1])} ({rows_name} without their last dim), "
             f"got {tuple(target_ids.shape)}"
         )
-    if target_ids.device != logits.device:
-        raise ValueError(f"target_ids is on {target_ids.device} but logits are on {logits.device}")
-    vocab = logits.shape[-1]
+    if target_ids.device != rows.device:
+        raise ValueError(f"target_ids is on {target_ids.device} but {rows_name} are on {rows.device}")
     if torch.compiler.is_compiling():
         # a value check needs a host sync, which would break the compiled graph: checked in eager only
-        return logits, target_ids.long()
+        return target_ids.long()
     bad = ((target_ids < 0) | (target_ids >= vocab)) & (target_ids != IGNORE_INDEX)
     if target_ids.numel() and bool(bad.any()):
         raise ValueError(
             f"target_ids must lie in [0, {vocab}) or be ignore_index {IGNORE_INDEX}, "
             f"got {int(target_ids[bad].reshape(-1)[0])}"
         )
-    return logits, target_ids.long()
+    return target_ids.long()
 
 
 def _unit_vocab_stride(logits: torch.Tensor) -> torch.Tensor:
@@ -99,21 +104,25 @@ def _resolve_backend(backend: object, logits: torch.Tensor) -> str:
     return backend
 
 
-def _check_cu_seqlens(cu_seqlens: object, logits: torch.Tensor) -> torch.Tensor | None:
+def _check_cu_seqlens(cu_seqlens: object, target_ids: torch.Tensor) -> torch.Tensor | None:
     if cu_seqlens is None:
         return None
     if not isinstance(cu_seqlens, torch.Tensor):
         raise TypeError(f"cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}")
-    if logits.dim() != 2:
-        raise ValueError("cu_seqlens applies to packed (N, V) logits only, got (B, T, V) logits")
+    if target_ids.dim() != 1:
+        raise ValueError(
+            f"cu_seqlens applies to packed input ((N,) target_ids) only, got target_ids of shape "
+            f"{tuple(target_ids.shape)}"
+        )
     if cu_seqlens.dtype.is_floating_point or cu_seqlens.dtype == torch.bool or cu_seqlens.dim() != 1:
         raise TypeError(
             f"cu_seqlens must be a 1-D integer tensor, got {cu_seqlens.dtype} {tuple(cu_seqlens.shape)}"
         )
-    cu = cu_seqlens.long().to(logits.device)
-    if len(cu) < 2 or int(cu[0]) != 0 or int(cu[-1]) != logits.shape[0] or bool((cu[1:] < cu[:-1]).any()):
+    n = target_ids.shape[0]
+    cu = cu_seqlens.long().to(target_ids.device)
+    if len(cu) < 2 or int(cu[0]) != 0 or int(cu[-1]) != n or bool((cu[1:] < cu[:-1]).any()):
         raise ValueError(
-            f"cu_seqlens must be non-decreasing from 0 to N={logits.shape[0]} with at least 2 entries, "
+            f"cu_seqlens must be non-decreasing from 0 to N={n} with at least 2 entries, "
             f"got {cu_seqlens.tolist() if len(cu) <= 16 else tuple(cu_seqlens.shape)}"
         )
     return cu
@@ -127,7 +136,7 @@ def _check_advantages(
     if not advantages.is_floating_point():
         raise TypeError(f"advantages must be a floating-point tensor, got {advantages.dtype}")
     if advantages.device != target_ids.device:
-        raise ValueError(f"advantages is on {advantages.device} but logits are on {target_ids.device}")
+        raise ValueError(f"advantages is on {advantages.device} but target_ids are on {target_ids.device}")
     shape = target_ids.shape
     per_sequence = None
     if len(shape) == 2:
@@ -145,7 +154,7 @@ def _check_call_options(
     ref_logprobs: torch.Tensor | None,
     norm_tokens: object,
     cu_seqlens: torch.Tensor | None,
-    logits: torch.Tensor,
+    target_ids: torch.Tensor,
 ) -> None:
     """The checks that tie the options to this call's tensors (LossOptions checks itself)."""
     if options.kl_coef > 0 and ref_logprobs is None:
@@ -163,8 +172,8 @@ def _check_call_options(
         else:
             check_number("norm_tokens", norm_tokens, low=0.0)
     agg = options.loss_agg
-    if agg != "token-mean" and logits.dim() == 2 and cu_seqlens is None:
-        raise ValueError(f"cu_seqlens is required for loss_agg={agg!r} with packed (N, V) logits")
+    if agg != "token-mean" and target_ids.dim() == 1 and cu_seqlens is None:
+        raise ValueError(f"cu_seqlens is required for loss_agg={agg!r} with packed input ((N,) target_ids)")
 
 
 @torch.library.custom_op("exprl::entropy_pg_loss", mutates_args=())
@@ -210,14 +219,20 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.set_materialize_grads(False)
 
 
+def _scaled_by(grad: torch.Tensor, grad_loss: torch.Tensor) -> torch.Tensor:
+    """A gradient computed in forward for loss.backward() (grad_loss == 1), scaled by the actual grad_loss.
+
+    Reading grad_loss is a host sync on CUDA (it waits for the queued forward); every sync-free form
+    scales always: an extra read, write and buffer of the gradient even in the usual case grad_loss == 1.
+    """
+    if torch.compiler.is_compiling() or float(grad_loss) != 1.0:
+        return grad * grad_loss.to(grad.dtype)
+    return grad
+
+
 def _backward(ctx, grad_loss, *unused):
     (dlogits,) = ctx.saved_tensors
-    scaled = dlogits
-    # reading grad_loss is a host sync on CUDA (it waits for the queued forward); every sync-free form
-    # scales always: an extra N x V read, write and buffer even in the usual case grad_loss == 1
-    if torch.compiler.is_compiling() or float(grad_loss) != 1.0:
-        scaled = dlogits * grad_loss.to(dlogits.dtype)
-    return (scaled,) + (None,) * (len(ctx.needs_input_grad) - 1)
+    return (_scaled_by(dlogits, grad_loss),) + (None,) * (len(ctx.needs_input_grad) - 1)
 
 
 _loss_op.register_autograd(_backward, setup_context=_setup_context)
@@ -287,17 +302,6 @@ def entropy_pg_loss(
     Returns `PGLossOutput` (loss differentiable w.r.t. logits only).
     """
     logits, target_ids = _check_logits_and_targets(logits, target_ids)
-    device, shape = logits.device, target_ids.shape
-    cu_seqlens = _check_cu_seqlens(cu_seqlens, logits)
-    advantages = _check_advantages(advantages, target_ids, cu_seqlens)
-    if mask is not None:
-        mask = _check_token_tensor("mask", mask, shape, device)
-        if mask.is_complex():
-            raise TypeError(f"mask must be bool or float, got {mask.dtype}")
-    if old_logprobs is not None:
-        old_logprobs = _check_float_tensor("old_logprobs", old_logprobs, shape, device)
-    if ref_logprobs is not None:
-        ref_logprobs = _check_float_tensor("ref_logprobs", ref_logprobs, shape, device)
     options = LossOptions(
         temperature=temperature,
         clip_low=clip_low,
@@ -309,41 +313,107 @@ def entropy_pg_loss(
         loss_agg=loss_agg,
         max_len=max_len,
     )
-    _check_call_options(options, ref_logprobs, norm_tokens, cu_seqlens, logits)
+    advantages, per_token = _check_loss_args(
+        target_ids,
+        advantages,
+        options,
+        mask=mask,
+        old_logprobs=old_logprobs,
+        ref_logprobs=ref_logprobs,
+        norm_tokens=norm_tokens,
+        cu_seqlens=cu_seqlens,
+    )
     backend = _resolve_backend(backend, logits)
     if backend == "eager":
         return reference.entropy_pg_loss(
-            logits,
-            target_ids,
-            advantages,
-            mask=mask,
-            old_logprobs=old_logprobs,
-            ref_logprobs=ref_logprobs,
-            norm_tokens=norm_tokens,
-            cu_seqlens=cu_seqlens,
-            **dataclasses.asdict(options),
+            logits, target_ids, advantages, **per_token, **dataclasses.asdict(options)
         )
+    m, tokens = _token_inputs(target_ids, advantages, options, **per_token)
+    compute_grad = logits.requires_grad and torch.is_grad_enabled()
+    loss, logp, entropy, ratio, clipped, kl, _ = _loss_op(
+        _unit_vocab_stride(logits), *tokens, options.encode(), backend, compute_grad
+    )
+    return _output(loss, logp, entropy, ratio, clipped, kl, m, target_ids.shape)
+
+
+def _check_loss_args(
+    target_ids: torch.Tensor,
+    advantages: object,
+    options: LossOptions,
+    *,
+    mask: object,
+    old_logprobs: object,
+    ref_logprobs: object,
+    norm_tokens: object,
+    cu_seqlens: object,
+) -> tuple[torch.Tensor, dict[str, object]]:
+    """The per-token arguments of a loss call checked against the (checked) target_ids and options.
+
+    Shared by `entropy_pg_loss` and the fused linear op. Returns the advantages and the keyword
+    arguments of `reference.entropy_pg_loss` (mask, old_logprobs, ref_logprobs, norm_tokens,
+    cu_seqlens as int64), which `_token_inputs` also takes.
+    """
+    device, shape = target_ids.device, target_ids.shape
+    cu_seqlens = _check_cu_seqlens(cu_seqlens, target_ids)
+    advantages = _check_advantages(advantages, target_ids, cu_seqlens)
+    if mask is not None:
+        mask = _check_token_tensor("mask", mask, shape, device)
+        if mask.is_complex():
+            raise TypeError(f"mask must be bool or float, got {mask.dtype}")
+    if old_logprobs is not None:
+        old_logprobs = _check_float_tensor("old_logprobs", old_logprobs, shape, device)
+    if ref_logprobs is not None:
+        ref_logprobs = _check_float_tensor("ref_logprobs", ref_logprobs, shape, device)
+    _check_call_options(options, ref_logprobs, norm_tokens, cu_seqlens, target_ids)
+    per_token = dict(
+        mask=mask,
+        old_logprobs=old_logprobs,
+        ref_logprobs=ref_logprobs,
+        norm_tokens=norm_tokens,
+        cu_seqlens=cu_seqlens,
+    )
+    return advantages, per_token
+
+
+def _token_inputs(
+    target_ids: torch.Tensor,
+    advantages: torch.Tensor,
+    options: LossOptions,
+    *,
+    mask: torch.Tensor | None,
+    old_logprobs: torch.Tensor | None,
+    ref_logprobs: torch.Tensor | None,
+    norm_tokens: float | torch.Tensor | None,
+    cu_seqlens: torch.Tensor | None,
+) -> tuple[torch.Tensor, TokenInputs]:
+    """What a fused sweep reads, flattened to (rows,): targets (int64), the weights w_t of the loss
+    aggregation (known before any sweep: they depend on masks and lengths only), per-token advantages
+    and old/ref log-probs (fp32); and the token mask m, (rows,) fp32, for the stats."""
     m = reference.token_mask(target_ids, mask, torch.float32)
     weights = reference.token_weights(
         m, options.loss_agg, norm_tokens=norm_tokens, max_len=options.max_len, cu_seqlens=cu_seqlens
     )
-    per_token_adv = reference.expand_advantages(advantages, shape, cu_seqlens)
+    per_token_adv = reference.expand_advantages(advantages, target_ids.shape, cu_seqlens)
 
     def flat(x: torch.Tensor | None) -> torch.Tensor | None:
         return None if x is None else x.reshape(-1).float()
 
-    compute_grad = logits.requires_grad and torch.is_grad_enabled()
-    loss, logp, entropy, ratio, clipped, kl, _ = _loss_op(
-        _unit_vocab_stride(logits),
-        target_ids.reshape(-1),
-        flat(weights),
-        flat(per_token_adv),
-        flat(old_logprobs),
-        flat(ref_logprobs),
-        options.encode(),
-        backend,
-        compute_grad,
+    tokens = TokenInputs(
+        target_ids.reshape(-1), flat(weights), flat(per_token_adv), flat(old_logprobs), flat(ref_logprobs)
     )
-    parts = {"ratio": ratio, "clipped": clipped, "kl": kl}
-    stats = reference.masked_stats(m.reshape(-1), parts, entropy)
+    return m.reshape(-1), tokens
+
+
+def _output(
+    loss: torch.Tensor,
+    logp: torch.Tensor,
+    entropy: torch.Tensor,
+    ratio: torch.Tensor,
+    clipped: torch.Tensor,
+    kl: torch.Tensor,
+    m: torch.Tensor,
+    shape: torch.Size,
+) -> PGLossOutput:
+    """`PGLossOutput` from a fused op's per-row (rows,) outputs; m: the token mask from `_token_inputs`."""
+    stats = reference.masked_stats(m, {"ratio": ratio, "clipped": clipped, "kl": kl}, entropy)
     return PGLossOutput(loss, logp.detach().reshape(shape), entropy.detach().reshape(shape), stats)
