@@ -217,7 +217,9 @@ def test_never_holds_more_than_one_chunk_of_logits(backend):
 
 
 def test_default_chunk_size_tracks_the_hidden_states():
-    assert default_chunk_size(8192, 2560, 151936) == 256  # N * H / V = 138 rows: the minimum
+    # T = 1024 at Qwen's sizes: N * H = 21M elements < 2^25, so the chunk holds 2^25 logits
+    assert default_chunk_size(8192, 2560, 151936) == math.ceil(2**25 / 151936)
+    # T = 4096: the hidden states (84M elements) are larger, a chunk of logits matches them
     assert default_chunk_size(32768, 2560, 151936) == math.ceil(32768 * 2560 / 151936)
     assert default_chunk_size(100, 512, 32768) == 100  # never more rows than there are
     assert default_chunk_size(0, 512, 32768) == 1
