@@ -1,5 +1,5 @@
-"""What a run shows and leaves behind: progress bar, metrics log, before/after evaluation, the final table,
-plots and the Hugging Face export of the policy."""
+"""A run's lifecycle: start or resume from the latest checkpoint, close each step (log, progress bar,
+periodic checkpoint), and finish (before/after evaluation, the final table, plots, the HF export)."""
 
 from __future__ import annotations
 

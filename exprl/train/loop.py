@@ -28,7 +28,7 @@ from torch import Tensor
 from exprl import batching
 from exprl.data import Problem, load_problems
 from exprl.kernels import entropy_pg_loss, logprobs_and_entropy
-from exprl.train import advantages, report, rollout
+from exprl.train import advantages, lifecycle, rollout
 from exprl.train.config import TrainConfig, batch_layout
 from exprl.train.engine import build_engine, deepspeed_config, init_distributed, load_policy
 
@@ -65,11 +65,11 @@ def run(cfg: TrainConfig) -> pathlib.Path:
         "became_solved": [],
         "eval_before": None,
     }
-    state, logger, bar, saved = report.begin_run(engine, tokenizer, cfg, rank, state)
+    state, logger, bar, saved = lifecycle.begin_run(engine, tokenizer, cfg, rank, state)
     for step in range(state["step"], cfg.steps):
         metrics = train_step(engine, ref, tokenizer, judge, verifier, problems, cfg, step, state)
-        saved = report.end_step(engine, cfg, state, metrics, logger, bar)
-    report.end_run(engine, tokenizer, cfg, state, logger, bar, saved, rank)
+        saved = lifecycle.end_step(engine, cfg, state, metrics, logger, bar)
+    lifecycle.end_run(engine, tokenizer, cfg, state, logger, bar, saved, rank)
     return cfg.run_dir
 
 
