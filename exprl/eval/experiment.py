@@ -1,4 +1,4 @@
-"""`exprl experiment`: the comparison of DESIGN.md §1 end to end, resumable, with a report directory.
+"""`exprl experiment`: the comparison of docs/design.md §1 end to end, resumable, with a report directory.
 
 From one base model, every Stage I method (SFT on references, sparse GRPO, ExpRL-Outcome, ExpRL-Process,
 self-distillation, or "none" = the base model itself) is trained with the same number of optimizer steps
