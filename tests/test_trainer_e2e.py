@@ -9,7 +9,7 @@ import pytest
 import torch
 from trainer_fixtures import DIGIT_REWARD, make_tiny_model, read_records, tiny_config, toy_overrides
 
-from exprl.train import rollout, run
+from exprl.train import advantages, rollout, run
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 STEP_KEYS = (
@@ -50,6 +50,31 @@ def test_grpo_raises_the_toy_reward(models, tmp_path):
     records = read_records(run(cfg))
     rewards = [r["reward/judge"] for r in records]
     # a random policy earns ~0.35; 8 GRPO steps at this learning rate reach ~0.7
+    assert statistics.mean(rewards[-3:]) > statistics.mean(rewards[:3]) + 0.15, rewards
+
+
+@pytest.mark.slow
+def test_an_estimator_registered_in_one_place_trains(models, tmp_path, monkeypatch):
+    monkeypatch.setattr(advantages, "ADVANTAGES", dict(advantages.ADVANTAGES))  # unregistered afterwards
+    calls = []
+
+    @advantages.register("rloo")
+    def leave_one_out(scores, group_size, *, response_lengths, token_segment_ids, scale):
+        """RLOO: each rollout's reward minus the mean reward of the other G-1 rollouts of its prompt."""
+        calls.append(token_segment_ids)
+        out = []
+        for i, (score, n) in enumerate(zip(scores, response_lengths, strict=True)):
+            group = scores[i - i % group_size : i - i % group_size + group_size]
+            baseline = (sum(group) - score) / (group_size - 1)
+            out.append(torch.full((n,), score - baseline))
+        return out
+
+    cfg = tiny_config(
+        models["digits"], tmp_path, "steps=8", *toy_overrides(models["reward"]), "algo.advantage=rloo"
+    )
+    records = read_records(run(cfg))
+    assert calls == [None] * 8  # once per step; no segment ids for an estimator that does not need them
+    rewards = [r["reward/judge"] for r in records]
     assert statistics.mean(rewards[-3:]) > statistics.mean(rewards[:3]) + 0.15, rewards
 
 

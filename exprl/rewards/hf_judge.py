@@ -12,11 +12,13 @@ from exprl.models import load_model_and_tokenizer
 from exprl.models.generation import sample
 from exprl.rewards.judge import ModelJudge
 from exprl.rewards.prompts import Messages, render_plain
+from exprl.rewards.registry import register
 from exprl.rewards.segments import DEFAULT_DELIMITER
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+@register
 class HFJudge(ModelJudge):
     """Judge with a local causal LM: `path` to a checkpoint directory, or an already loaded `model` and
     `tokenizer` (e.g. the trainer's frozen reference policy, to share its memory).

@@ -15,12 +15,14 @@ import requests
 from exprl.rewards.cache import CompletionCache
 from exprl.rewards.judge import ModelJudge
 from exprl.rewards.prompts import Messages
+from exprl.rewards.registry import register
 from exprl.rewards.segments import DEFAULT_DELIMITER
 
 # Failures worth another try: the server may recover. Anything else (4xx, malformed JSON) will not.
 _RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
 
 
+@register
 class HTTPJudge(ModelJudge):
     """Judge through `{base_url}/chat/completions` (base_url like "http://127.0.0.1:8000/v1").
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from exprl.rewards.answers import extract_answer, same_answer
 from exprl.rewards.base import Rollout
 from exprl.rewards.judge import EMPTY_SEGMENT_GRADE, Judge, grade_to_reward
+from exprl.rewards.registry import register
 from exprl.rewards.segments import DEFAULT_DELIMITER, split_segments
 
 ANSWER = "Answer"  # the quantity name of the final answer, distinct from any whitespace-free lhs
@@ -108,6 +109,7 @@ def process_grades(response: str, keys: Sequence[Claim], delimiter: str) -> list
     return grades
 
 
+@register
 class RubricJudge(Judge):
     """Grades against the reference's key results, as the module docstring defines; needs no model."""
 

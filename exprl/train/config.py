@@ -3,7 +3,8 @@
 A config is a tree of dataclasses (`TrainConfig` at the root). `load_config(path, overrides)` reads the
 YAML, applies overrides such as `rollout.group_size=4` or `algo.kl_coef=0`, and checks every key and
 type; an unknown key, a wrong type or an out-of-range value is a `ValueError` naming the key and the
-file (or "override" for command-line values).
+file (or "override" for command-line values). Names (reward sources, advantage estimators, loss
+aggregations, KL estimators, loss backends) are checked against the registries that define them.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ from typing import Any, Literal
 
 import yaml
 
-ADVANTAGES = ("grpo", "process-delta", "process-end", "process-group")
-JUDGES = ("rubric", "hf", "http")  # reward sources that take mode= and delimiter=
-LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+from exprl import kernels, rewards
+from exprl.train import advantages
 
 
 @dataclass
@@ -39,8 +39,8 @@ class DataConfig:
 
 @dataclass
 class RewardConfig:
-    name: str = "rubric"  # exprl.rewards.build_reward name
-    mode: Literal["outcome", "process"] = "outcome"  # used by judges only
+    name: str = "rubric"  # a registered reward (exprl.rewards.reward_names())
+    mode: Literal["outcome", "process"] = "outcome"  # used by judges only (exprl.rewards.is_judge)
     delimiter: str = "###"
     options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for build_reward
     sparse: str = "exact"  # the verifier behind reward/sparse and pass_rate (metrics)
@@ -59,7 +59,7 @@ class RolloutConfig:
 
 @dataclass
 class AlgoConfig:
-    advantage: str = "grpo"  # a name in exprl.train.advantages.ADVANTAGES
+    advantage: str = "grpo"  # a registered estimator (exprl.train.advantages.ADVANTAGES)
     scale: Literal["std", "none"] = "std"  # grpo: divide by the group's std or not
     ppo_epochs: int = 1
     mini_batches: int = 1  # optimizer steps per PPO epoch
@@ -68,10 +68,10 @@ class AlgoConfig:
     clip_high: float = 0.28
     dual_clip: float | None = 3.0
     kl_coef: float = 1e-3
-    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    kl_estimator: str = "k3"  # one of exprl.kernels.KL_ESTIMATORS
     entropy_coef: float = 1e-3
-    loss_agg: str = "token-mean"
-    loss_backend: Literal["auto", "triton", "torch", "eager"] = "auto"
+    loss_agg: str = "token-mean"  # one of exprl.kernels.LOSS_AGGS
+    loss_backend: str = "auto"  # one of exprl.kernels.BACKENDS
 
 
 @dataclass
@@ -223,22 +223,30 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
         fail("rollout.top_p", f"must be in (0, 1], got {r.top_p}")
     if cfg.eval.temperature < 0:
         fail("eval.temperature", f"must be >= 0 (0 = greedy), got {cfg.eval.temperature}")
-    from exprl.rewards import REWARDS
-
+    names = rewards.reward_names()
     for key, name in (("reward.name", cfg.reward.name), ("reward.sparse", cfg.reward.sparse)):
-        if name not in REWARDS:
-            fail(key, f"unknown reward {name!r}; choose one of {', '.join(sorted(REWARDS))}")
+        if name not in names:
+            fail(key, f"unknown reward {name!r}; choose one of {', '.join(names)}")
     _check_reward_options(cfg, fail)
-    if cfg.reward.mode == "process" and cfg.reward.name not in JUDGES:
-        fail("reward.mode", f"process rewards need a judge ({', '.join(JUDGES)}), not {cfg.reward.name!r}")
-    if a.advantage not in ADVANTAGES:
-        fail("algo.advantage", f"unknown {a.advantage!r}; choose one of {', '.join(ADVANTAGES)}")
-    if a.advantage.startswith("process") and cfg.reward.mode != "process":
+    if cfg.reward.mode == "process" and not rewards.is_judge(cfg.reward.name):
+        judges = ", ".join(n for n in names if rewards.is_judge(n))
+        fail("reward.mode", f"process rewards need a judge ({judges}), not {cfg.reward.name!r}")
+    if a.advantage not in advantages.ADVANTAGES:
+        choices = ", ".join(sorted(advantages.ADVANTAGES))
+        fail("algo.advantage", f"unknown {a.advantage!r}; choose one of {choices}")
+    needs_segments = advantages.get(a.advantage).needs_segments
+    if needs_segments and cfg.reward.mode != "process":
         fail("algo.advantage", f"{a.advantage} needs per-segment scores: set reward.mode: process")
-    if a.advantage == "grpo" and cfg.reward.mode == "process":
-        fail("reward.mode", "process scores need a process-* advantage (algo.advantage)")
-    if a.loss_agg not in LOSS_AGGS:
-        fail("algo.loss_agg", f"unknown {a.loss_agg!r}; choose one of {', '.join(LOSS_AGGS)}")
+    if not needs_segments and cfg.reward.mode == "process":
+        readers = ", ".join(sorted(n for n, e in advantages.ADVANTAGES.items() if e.needs_segments))
+        fail("reward.mode", f"process scores need an algo.advantage that reads segments ({readers})")
+    for key, value, choices in (
+        ("algo.loss_agg", a.loss_agg, kernels.LOSS_AGGS),
+        ("algo.kl_estimator", a.kl_estimator, kernels.KL_ESTIMATORS),
+        ("algo.loss_backend", a.loss_backend, kernels.BACKENDS),
+    ):
+        if value not in choices:
+            fail(key, f"unknown {value!r}; choose one of {', '.join(choices)}")
     if a.clip_low < 0 or a.clip_high < 0:
         fail("algo.clip_low/clip_high", "must be >= 0")
     if a.dual_clip is not None and a.dual_clip <= 1:
@@ -265,14 +273,7 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
 def _check_reward_options(cfg: TrainConfig, fail) -> None:
     """reward.options must be keyword arguments of the reward's constructor (checked without building it:
     a model judge would load its model)."""
-    import importlib
-    import inspect
-
-    from exprl.rewards import REWARDS
-
-    module, cls_name = REWARDS[cfg.reward.name]
-    params = inspect.signature(getattr(importlib.import_module(module), cls_name)).parameters
-    accepted = {p for p in params if p != "self"} - {"mode", "delimiter"}
+    accepted = set(rewards.reward_options(cfg.reward.name)) - {"mode", "delimiter"}
     for key in cfg.reward.options:
         if key not in accepted:
             fail(

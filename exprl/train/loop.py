@@ -32,8 +32,6 @@ from exprl.train import advantages, lifecycle, rollout
 from exprl.train.config import TrainConfig, batch_layout
 from exprl.train.engine import build_engine, deepspeed_config, init_distributed, load_policy
 
-SEQUENCE_AGGS = ("seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
-
 
 def run(cfg: TrainConfig) -> pathlib.Path:
     """Train by `cfg` (RL, or SFT when `cfg.method == "sft"`); returns the run directory."""
@@ -146,12 +144,12 @@ def train_step(
 
 def compute_advantages(ro: rollout.Rollouts, tokenizer, cfg: TrainConfig) -> list[Tensor]:
     """Per rollout, float32 (R_i,) advantages of its response tokens, from the registered estimator."""
+    estimator = advantages.get(cfg.algo.advantage)
     segment_ids: list[Tensor] | None = None
-    if cfg.algo.advantage.startswith("process"):
+    if estimator.needs_segments:
         from exprl.rewards.segments import token_segment_ids
 
         segment_ids = [token_segment_ids(ids, tokenizer, cfg.reward.delimiter) for ids in ro.response_ids]
-    estimator = advantages.get(cfg.algo.advantage)
     return estimator(
         ro.scores,
         cfg.rollout.group_size,
@@ -261,7 +259,7 @@ def optimize(
                     backend=a.loss_backend,
                 )
                 # seq-mean modes average over this micro-batch's sequences: reweight to the global count
-                share = mb.sequences / max(n_seqs, 1.0) if a.loss_agg in SEQUENCE_AGGS else 1.0
+                share = mb.sequences / max(n_seqs, 1.0) if a.loss_agg != "token-mean" else 1.0
                 loss = out.loss * share
                 # DeepSpeed averages gradients over ranks (and would divide by the accumulation steps):
                 # undo both so the gradient is that of the globally normalised loss

@@ -18,7 +18,7 @@ from torch import Tensor
 from exprl.data import Problem
 from exprl.models.generation import sample
 from exprl.rewards.base import RewardSource, Rollout
-from exprl.train.config import JUDGES, TrainConfig
+from exprl.train.config import TrainConfig
 
 
 @dataclass
@@ -141,9 +141,9 @@ def score(rollouts: Rollouts, judge: RewardSource, verifier: RewardSource) -> No
 def build_rewards(cfg: TrainConfig) -> tuple[RewardSource, RewardSource]:
     """(judge, sparse verifier) from `cfg.reward`. Judges get the mode and delimiter; verifiers grade the
     final answer only."""
-    from exprl.rewards import build_reward
+    from exprl.rewards import build_reward, is_judge
 
     options = dict(cfg.reward.options)
-    if cfg.reward.name in JUDGES:  # judges grade against the reference, per response or per segment
+    if is_judge(cfg.reward.name):  # judges grade against the reference, per response or per segment
         options.update(mode=cfg.reward.mode, delimiter=cfg.reward.delimiter)
     return build_reward(cfg.reward.name, **options), build_reward(cfg.reward.sparse)
