@@ -50,7 +50,7 @@ def test_shipped_model_shows_the_coverage_gap():
 
 
 def test_load_model_rejects_a_directory_without_a_model(tmp_path):
-    with pytest.raises(ValueError, match="path"):
+    with pytest.raises(FileNotFoundError, match=r"path: .* \(no config.json there\)"):
         load_model_and_tokenizer(tmp_path)
 
 

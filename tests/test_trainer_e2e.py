@@ -213,8 +213,8 @@ def test_sft_lowers_its_loss(models, tmp_path):
     # unpadded sequences, one at a time.
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from exprl.data import load_problems
-    from exprl.train.loop import step_prompts
+    from exprl.data import load_problems, step_prompts
+    from exprl.models import prompt_text
 
     tokenizer = AutoTokenizer.from_pretrained(models["plain"])
     model = AutoModelForCausalLM.from_pretrained(models["plain"], dtype=torch.float32)
@@ -227,7 +227,7 @@ def test_sft_lowers_its_loss(models, tmp_path):
             continue
         entropies, nlls = [], []
         for problem, answer in zip(picked, answers, strict=True):
-            prompt = tokenizer(rollout.prompt_text(problem, tokenizer, cfg.model.chat_template))["input_ids"]
+            prompt = tokenizer(prompt_text(problem, tokenizer, cfg.model.chat_template))["input_ids"]
             ids = torch.tensor([prompt + answer + [tokenizer.eos_token_id]])
             with torch.no_grad():
                 logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].double()

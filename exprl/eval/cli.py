@@ -60,8 +60,7 @@ def evaluate_model_dir(model_dir: Path, problems: list, *, chat_template: str = 
     import torch
 
     from exprl.eval.evaluation import evaluate
-    from exprl.models import load_model_and_tokenizer
-    from exprl.train.rollout import prompt_text
+    from exprl.models import load_model_and_tokenizer, prompt_text
 
     model, tokenizer = load_model_and_tokenizer(model_dir)
     if torch.cuda.is_available():

@@ -762,12 +762,10 @@ def train_stage(spec: StageSpec) -> StageResult:
 def self_distill_stage(spec: StageSpec) -> StageResult:
     """Sample `rollout.group_size` completions of each problem the RL methods draw in `steps` steps of
     `rollout.prompts_per_step` prompts, keep the verified ones, then SFT on them for `steps` steps."""
-    from exprl.data import load_problems
+    from exprl.data import load_problems, step_prompts
     from exprl.eval.self_distill import collect_correct_samples, write_records
-    from exprl.models import load_model_and_tokenizer
+    from exprl.models import load_model_and_tokenizer, prompt_text
     from exprl.train import run
-    from exprl.train.loop import step_prompts
-    from exprl.train.rollout import prompt_text
 
     cfg = _trainer_config(spec)
     if cfg.method != "sft":

@@ -102,7 +102,8 @@ def evaluate_policy(engine, tokenizer, cfg: TrainConfig, stage: str) -> dict[str
     the other ranks wait). Returns the report as a dict (`EvalReport.to_dict()`), the same on all ranks,
     and writes runs/<name>/eval_<stage>.json."""
     from exprl.eval.evaluation import evaluate
-    from exprl.train.rollout import generation_mode, prompt_text
+    from exprl.models import prompt_text
+    from exprl.train.rollout import generation_mode
 
     result: list[Any] = [None]
     with generation_mode(engine, gather_parameters=True) as model:

@@ -1,6 +1,6 @@
 """The ExpRL / GRPO training loop: sample, score, advantages, loss, step, log, checkpoint.
 
-`run(cfg)` is the whole program; every stage is a function of its own (`step_prompts`, `rollout.generate`,
+`run_rl(cfg)` is the whole program; every stage is a function of its own (`step_prompts`, `rollout.generate`,
 `rollout.score`, `compute_advantages`, `micro_batches`, `optimize`) so each can be tested alone.
 
 Batch arithmetic. A step draws `rollout.prompts_per_step` prompts (global), each rank takes an equal
@@ -14,7 +14,6 @@ ranks), so the gradient, and the logged loss, do not depend on the rank count or
 from __future__ import annotations
 
 import pathlib
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,19 +25,22 @@ import torch.distributed as dist
 from torch import Tensor
 
 from exprl import batching
-from exprl.data import Problem, load_problems
+from exprl.data import Problem, load_problems, step_prompts
 from exprl.kernels import entropy_pg_loss, logprobs_and_entropy
 from exprl.train import advantages, lifecycle, rollout
 from exprl.train.config import TrainConfig, batch_layout
-from exprl.train.engine import build_engine, deepspeed_config, init_distributed, load_policy
+from exprl.train.engine import (
+    build_engine,
+    deepspeed_config,
+    global_sum,
+    init_distributed,
+    load_policy,
+    seed_everything,
+)
 
 
-def run(cfg: TrainConfig) -> pathlib.Path:
-    """Train by `cfg` (RL, or SFT when `cfg.method == "sft"`); returns the run directory."""
-    if cfg.method == "sft":
-        from exprl.train.sft import run_sft
-
-        return run_sft(cfg)
+def run_rl(cfg: TrainConfig) -> pathlib.Path:
+    """Train by `cfg` with RL (ExpRL or GRPO); returns the run directory."""
     rank, world = init_distributed()
     seed_everything(cfg.seed)
     problems = load_problems(cfg.data.train, seed=cfg.seed)
@@ -69,28 +71,6 @@ def run(cfg: TrainConfig) -> pathlib.Path:
         saved = lifecycle.end_step(engine, cfg, state, metrics, logger, bar)
     lifecycle.end_run(engine, tokenizer, cfg, state, logger, bar, saved, rank)
     return cfg.run_dir
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def step_prompts(n_problems: int, prompts_per_step: int, step: int, seed: int, shuffle: bool) -> list[int]:
-    """Indices into the training problems for `step`: a seeded permutation per epoch, consumed in order
-    (the data position is just the step, so a resumed run continues exactly)."""
-    out = []
-    for position in range(step * prompts_per_step, (step + 1) * prompts_per_step):
-        epoch, offset = divmod(position, n_problems)
-        if shuffle:
-            order = torch.randperm(
-                n_problems, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)
-            )
-            out.append(int(order[offset]))
-        else:
-            out.append(offset)
-    return out
 
 
 def train_step(
@@ -325,12 +305,3 @@ def rollout_metrics(ro: rollout.Rollouts, group_size: int, state: dict[str, Any]
         "prompts/unsolved_became_solved": float(len(became)),
         "prompts/unsolved_seen": float(len(seen_unsolved)),
     }
-
-
-def global_sum(values: list[float]) -> list[float]:
-    """Element-wise sum over ranks of a few floats (one all-reduce, float64 for exact counts)."""
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.get_world_size() > 1:
-        dist.all_reduce(t)
-    return [float(v) for v in t]

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from exprl.data import Problem
+from exprl.models import prompt_text
 from exprl.models.generation import sample
 from exprl.rewards.base import RewardSource, Rollout
 from exprl.train.config import TrainConfig
@@ -35,16 +36,6 @@ class Rollouts:
 
     def __len__(self) -> int:
         return len(self.texts)
-
-
-def prompt_text(problem: Problem, tokenizer, chat_template: str) -> str:
-    """The policy's input: the bare problem prompt (never the reference), wrapped in the tokenizer's chat
-    template when it has one and `chat_template` is "auto"."""
-    if chat_template == "auto" and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": problem.prompt}], tokenize=False, add_generation_prompt=True
-        )
-    return problem.prompt
 
 
 def sample_seed(seed: int, step: int, prompt_index: int) -> int:

@@ -12,13 +12,19 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from exprl import batching
-from exprl.data import Problem, load_problems
+from exprl.data import Problem, load_problems, step_prompts
 from exprl.kernels import logprobs_and_entropy
+from exprl.models import prompt_text
 from exprl.train import lifecycle
 from exprl.train.config import TrainConfig
-from exprl.train.engine import build_engine, deepspeed_config, init_distributed, load_policy
-from exprl.train.loop import global_sum, seed_everything, step_prompts
-from exprl.train.rollout import prompt_text
+from exprl.train.engine import (
+    build_engine,
+    deepspeed_config,
+    global_sum,
+    init_distributed,
+    load_policy,
+    seed_everything,
+)
 
 
 def sft_layout(cfg: TrainConfig, world: int) -> tuple[int, int]:
