@@ -59,7 +59,7 @@ def test_evaluate_policy_formats_prompts_like_training(chat_model, tmp_path, mon
 
     result = lifecycle.evaluate_policy(engine=None, tokenizer=tokenizer, cfg=cfg, stage="before")
 
-    problems = [p for source in cfg.eval.problems for p in load_problems(source, seed=cfg.seed)]
+    problems = [p for source in cfg.eval.problems for p in load_problems(source)]
     if chat_template == "auto":
         expected = [f"[user] {p.prompt}\n[assistant] " for p in problems]
     else:

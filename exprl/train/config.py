@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from exprl import kernels, rewards
+from exprl.eval.settings import EvalSettings, check_eval_settings
 from exprl.train import advantages
 
 
@@ -91,15 +92,11 @@ class SFTConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(EvalSettings):
+    """The run's before/after evaluation: `exprl.eval.EvalSettings` (problems, n, ks, temperature,
+    max_new_tokens, batch_size, seed, verifier) and whether to run it."""
+
     enabled: bool = True  # evaluate before and after training
-    # load_problems sources; each problem's split ("test", "ood") names its row in the report
-    problems: list[str] = field(default_factory=lambda: ["builtin:all:3:test:64", "builtin:all:3:ood:64"])
-    n: int = 8  # samples per problem
-    ks: list[int] = field(default_factory=lambda: [1, 8])
-    temperature: float = 1.0  # 0 = greedy
-    max_new_tokens: int = 64
-    batch_size: int = 64
 
 
 @dataclass
@@ -143,27 +140,33 @@ def load_config(path: str | pathlib.Path | None, overrides: list[str] | tuple[st
     Raises ValueError naming the key and the file for unknown keys, wrong types or bad values,
     and FileNotFoundError for a missing config file.
     """
-    raw: dict[str, Any] = {}
-    source = "<defaults>"
-    if path is not None:
-        source = str(path)
-        p = pathlib.Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file not found: {source}")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            raise ValueError(f"{source}: not valid YAML: {e}") from e
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(
-                f"{source}: the top level must be a mapping of keys, got {type(loaded).__name__}"
-            )
-        raw = loaded or {}
-    cfg = _build(TrainConfig, raw, prefix="", source=source)
+    source = "<defaults>" if path is None else str(path)
+    cfg = from_mapping(TrainConfig, {} if path is None else read_yaml(path), source)
     for item in overrides:
         apply_override(cfg, item)
     validate(cfg, source)
     return cfg
+
+
+def read_yaml(path: str | pathlib.Path) -> dict[str, Any]:
+    """The mapping a YAML config file holds (an empty file is {}); FileNotFoundError for a missing file,
+    ValueError naming the file for bad YAML or a top level that is not a mapping."""
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from e
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ValueError(f"{path}: the top level must be a mapping of keys, got {type(loaded).__name__}")
+    return loaded or {}
+
+
+def from_mapping(cls: type, raw: dict[str, Any], source: str) -> Any:
+    """The config dataclass `cls` built from `raw` (as read from YAML), every key and type checked against
+    its annotations: ValueError naming the key and `source` for an unknown or missing key or a wrong type."""
+    return _build(cls, raw, prefix="", source=source)
 
 
 def apply_override(cfg: TrainConfig, item: str) -> None:
@@ -211,9 +214,6 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
         ("algo.micro_batch_size", a.micro_batch_size),
         ("sft.batch_size", cfg.sft.batch_size),
         ("sft.micro_batch_size", cfg.sft.micro_batch_size),
-        ("eval.n", cfg.eval.n),
-        ("eval.max_new_tokens", cfg.eval.max_new_tokens),
-        ("eval.batch_size", cfg.eval.batch_size),
     ):
         if v < 1:
             fail(key, f"must be >= 1, got {v}")
@@ -221,8 +221,6 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
         fail("rollout.temperature", f"must be > 0, got {r.temperature}")
     if not 0 < r.top_p <= 1:
         fail("rollout.top_p", f"must be in (0, 1], got {r.top_p}")
-    if cfg.eval.temperature < 0:
-        fail("eval.temperature", f"must be >= 0 (0 = greedy), got {cfg.eval.temperature}")
     names = rewards.reward_names()
     for key, name in (("reward.name", cfg.reward.name), ("reward.sparse", cfg.reward.sparse)):
         if name not in names:
@@ -262,10 +260,7 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
             fail(key, f"must be >= 0, got {v}")
     if cfg.optim.lr <= 0:
         fail("optim.lr", f"must be > 0, got {cfg.optim.lr}")
-    if any(k < 1 or k > cfg.eval.n for k in cfg.eval.ks):
-        fail("eval.ks", f"every k must be in [1, eval.n={cfg.eval.n}], got {cfg.eval.ks}")
-    if cfg.eval.enabled and not cfg.eval.problems:
-        fail("eval.problems", "list at least one problem source, or set eval.enabled: false")
+    check_eval_settings(cfg.eval, lambda key, why: fail(f"eval.{key}", why))
     if cfg.deepspeed.config is not None and not pathlib.Path(cfg.deepspeed.config).is_file():
         fail("deepspeed.config", f"file not found: {cfg.deepspeed.config}")
 
@@ -324,12 +319,20 @@ def save_config(cfg: TrainConfig, path: str | pathlib.Path) -> None:
 def _build(cls: type, raw: dict[str, Any], prefix: str, source: str) -> Any:
     if not isinstance(raw, dict):
         raise ValueError(f"{source}: {prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    hints = {name: tp for name, tp in typing.get_type_hints(cls).items() if name in {f.name for f in fields}}
     unknown = sorted(set(raw) - set(hints))
     if unknown:
         raise ValueError(
             f"{source}: unknown key {prefix + unknown[0]!r} (valid here: {', '.join(sorted(hints))})"
         )
+    missing = [
+        f.name
+        for f in fields
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in raw
+    ]
+    if missing:
+        raise ValueError(f"{source}: missing key {prefix + missing[0]!r}")
     values = {k: _coerce(hints[k], v, prefix + k, source) for k, v in raw.items()}
     return cls(**values)
 
@@ -366,7 +369,9 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise bad("a mapping")
-        return dict(value)
+        if any(not isinstance(k, str) for k in value):
+            raise bad("a mapping with string keys")
+        return {k: _coerce(args[1], v, f"{key}.{k}", source) for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
             raise bad("true or false")
@@ -388,6 +393,10 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
         if not isinstance(value, str):
             raise bad("a string")
         return value
+    if tp is pathlib.Path:
+        if not isinstance(value, str) or not value:
+            raise bad("a path")
+        return pathlib.Path(value)
     if tp is Any:
         return value
     raise TypeError(f"config field {key} has an unsupported annotation {tp!r}")
