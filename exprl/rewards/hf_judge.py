@@ -8,12 +8,12 @@ from pathlib import Path
 
 import torch
 
+from exprl.data import SEGMENT_DELIMITER
 from exprl.models import load_model_and_tokenizer
 from exprl.models.generation import sample
 from exprl.rewards.judge import ModelJudge
 from exprl.rewards.prompts import Messages, render_plain
 from exprl.rewards.registry import register
-from exprl.rewards.segments import DEFAULT_DELIMITER
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -37,7 +37,7 @@ class HFJudge(ModelJudge):
         model=None,
         tokenizer=None,
         mode: str = "outcome",
-        delimiter: str = DEFAULT_DELIMITER,
+        delimiter: str = SEGMENT_DELIMITER,
         max_new_tokens: int = 256,
         batch_size: int = 8,
         dtype: str = "float32",

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from exprl import kernels, rewards
+from exprl.data import SEGMENT_DELIMITER
 from exprl.eval.settings import EvalSettings, check_eval_settings
 from exprl.train import advantages
 
@@ -42,7 +43,7 @@ class DataConfig:
 class RewardConfig:
     name: str = "rubric"  # a registered reward (exprl.rewards.reward_names())
     mode: Literal["outcome", "process"] = "outcome"  # used by judges only (exprl.rewards.is_judge)
-    delimiter: str = "###"
+    delimiter: str = SEGMENT_DELIMITER
     options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for build_reward
     sparse: str = "exact"  # the verifier behind reward/sparse and pass_rate (metrics)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from exprl.data import Problem
+from exprl.data import SEGMENT_DELIMITER, Problem
 from exprl.models import prompt_text
 from exprl.models.generation import sample
 from exprl.rewards.base import RewardSource, Rollout
@@ -112,7 +112,7 @@ def score(rollouts: Rollouts, judge: RewardSource, verifier: RewardSource) -> No
     scores = list(judge.score(batch))
     if len(scores) != len(batch):
         raise ValueError(f"reward {judge.name!r} returned {len(scores)} scores for {len(batch)} rollouts")
-    delimiter = getattr(judge, "delimiter", "###")
+    delimiter = getattr(judge, "delimiter", SEGMENT_DELIMITER)
     for i, (s, rollout) in enumerate(zip(scores, batch, strict=True)):
         if s is None:
             continue
