@@ -12,7 +12,7 @@ import json
 import math
 
 import pytest
-from eval_fixtures import bigram_policy, problems
+from eval_helpers import bigram_policy, problems
 
 from exprl.eval import evaluate, pass_at_k
 from exprl.eval.cli import main as eval_main

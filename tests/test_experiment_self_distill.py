@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from eval_fixtures import bigram_policy, problems
+from eval_helpers import bigram_policy, problems
 from safetensors.torch import load_file
 
 from exprl.data import Problem, load_problems

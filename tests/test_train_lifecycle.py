@@ -4,7 +4,7 @@ import contextlib
 import json
 
 import pytest
-from trainer_fixtures import make_tiny_model, tiny_config
+from train_helpers import make_tiny_model, tiny_config
 
 from exprl.data import load_problems
 from exprl.train import lifecycle, rollout
