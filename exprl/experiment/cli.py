@@ -17,7 +17,7 @@ def main(argv: list[str]) -> int:
         description="Stage I methods x Stage II sparse GRPO from one base model, evaluated with pass@k. "
         "Rerunning the same command resumes where it stopped.",
     )
-    parser.add_argument("--config", required=True, help="experiment YAML, e.g. configs/experiment-tiny.yaml")
+    parser.add_argument("--config", required=True, help="experiment YAML, e.g. configs/experiment_tiny.yaml")
     parser.add_argument("--out", default=None, help="report directory (overrides out_dir of the config)")
     parser.add_argument("--work-dir", default=None, help="trainer runs directory (overrides work_dir)")
     parser.add_argument("--no-progress", action="store_true", help="hide the evaluation progress bars")

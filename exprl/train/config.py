@@ -45,7 +45,7 @@ class RewardConfig:
     mode: Literal["outcome", "process"] = "outcome"  # used by judges only (exprl.rewards.is_judge)
     delimiter: str = SEGMENT_DELIMITER
     options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for build_reward
-    sparse: str = "exact"  # the verifier behind reward/sparse and pass_rate (metrics)
+    sparse: str = "exact"  # the verifier behind the reward/sparse and pass_rate metrics (eval: eval.verifier)
 
 
 @dataclass
