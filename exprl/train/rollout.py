@@ -99,9 +99,10 @@ def generate(
 def score(rollouts: Rollouts, judge: RewardSource, verifier: RewardSource) -> None:
     """Fill `rollouts.scores` (judge) and `rollouts.correct` (sparse verifier) in place.
 
-    Contract (DESIGN §1): a truncated rollout gets reward 0 (per segment: all zeros, so all its process
-    advantages are 0); a rollout the judge cannot grade (None) is dropped (None), as is a segment list
-    whose length disagrees with the response's segments. A judge that raises is a bug: the error propagates.
+    Contract (docs/design.md §1): a truncated rollout gets reward 0 (per segment: all zeros, so all its
+    process advantages are 0); a rollout the judge cannot grade (None) is dropped (None), as is a segment
+    list whose length disagrees with the response's segments. A judge that raises is a bug: the error
+    propagates.
     """
     from exprl.rewards.segments import split_segments
 
