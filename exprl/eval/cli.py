@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from exprl.eval.settings import EvalSettings, check_eval_settings
+from exprl.models import TINY
 
 FLAGS = {"ks": "--k"}  # EvalSettings fields whose flag is not --<field with dashes>
 
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Estimate pass@k (unbiased estimator) of a model on held-out and OOD problems.",
     )
     parser.add_argument(
-        "--model", default="tiny", help="Hugging Face model directory (default: tiny, the shipped model)"
+        "--model", default=TINY, help="Hugging Face model directory (default: tiny, the shipped model)"
     )
     parser.add_argument(
         "--problems",

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from exprl.eval.settings import EvalSettings, check_eval_settings
+from exprl.models import TINY
 from exprl.train.config import from_mapping, read_yaml
 
 NO_STAGE1 = "none"  # method name meaning "no Stage I": Stage II starts from the base model
@@ -46,7 +47,7 @@ class ExperimentConfig:
     stage1: dict[str, StageSettings]  # method name -> its Stage I trainer, in report order
     stage2: StageSettings
     eval: EvalSettings  # every model is evaluated with these settings
-    base_model: str = "tiny"  # "tiny" = the shipped tiny model, else a Hugging Face model directory
+    base_model: str = TINY  # "tiny" = the shipped tiny model, else a Hugging Face model directory
     seed: int = 0
     overrides: list[str] = field(default_factory=list)  # applied to every stage of every method
     work_dir: Path | None = None  # trainer runs (checkpoints, exports); default runs/experiment/<name>

@@ -21,12 +21,13 @@ import yaml
 from exprl import kernels, rewards
 from exprl.data import SEGMENT_DELIMITER
 from exprl.eval.settings import EvalSettings, check_eval_settings
+from exprl.models import TINY
 from exprl.train import advantages
 
 
 @dataclass
 class ModelConfig:
-    path: str = "tiny"  # a local Hugging Face directory; "tiny" = the model shipped in exprl/assets
+    path: str = TINY  # a local Hugging Face directory; "tiny" = the model shipped in exprl/assets
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 where supported
     attn_implementation: str = "auto"  # auto: flash_attention_2 if installed on CUDA, else sdpa
     gradient_checkpointing: bool = False
