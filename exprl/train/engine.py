@@ -6,16 +6,20 @@ Everything DeepSpeed-specific that the loops need lives here so `loop.py` and `s
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
 import os
 import pathlib
 import random
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
 from exprl.models import default_attn_implementation, load_model_and_tokenizer
 from exprl.train.config import TrainConfig
@@ -162,3 +166,80 @@ def build_engine(model: torch.nn.Module, ds_config: dict[str, Any], trainable: b
     engine, *_ = deepspeed.initialize(model=model, config=ds_config)
     engine.eval()
     return engine
+
+
+# config attributes of Hugging Face models that transform the logits after the lm_head (soft-capping,
+# scaling): the fused linear loss does not apply them, so such a model keeps the logits path
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def fused_linear_head(model: torch.nn.Module, setting: str | bool, key: str = "algo.fused_linear") -> bool:
+    """Whether the loss takes the final hidden states and the lm_head (`linear_entropy_pg_loss`) instead
+    of logits, by `setting`: "auto" when the model allows it, True demands it (ValueError naming `key`
+    when it does not), False never.
+
+    A model allows it when its output layer is a plain `torch.nn.Linear` (tied to the input embeddings or
+    not), its forward takes Hugging Face's `logits_to_keep` (`forward_hidden` selects rows with it), and
+    its config transforms no logits after the lm_head.
+    """
+    if setting is False:
+        return False
+    head = model.get_output_embeddings()
+    reason = None
+    if type(head) is not torch.nn.Linear:
+        reason = f"its output layer is {type(head).__name__}, not a plain torch.nn.Linear"
+    elif "logits_to_keep" not in inspect.signature(model.forward).parameters:
+        reason = f"{type(model).__name__}.forward takes no logits_to_keep"
+    else:
+        transforms = [a for a in _LOGIT_TRANSFORMS if getattr(model.config, a, None) not in (None, 1, 1.0)]
+        if transforms:
+            reason = f"its config transforms the logits after the lm_head ({', '.join(transforms)})"
+    if reason is not None and setting is True:
+        raise ValueError(f"{key}: true needs a model with a plain linear lm_head, but {reason}")
+    return reason is None
+
+
+def forward_hidden(engine: Any, batch: Any, positions: Tensor) -> Tensor:
+    """The final hidden states (R, H) of the R positions where `positions` (B, L) bool is True, in (b, t)
+    order, from the engine's forward (so DeepSpeed's ZeRO-3 hooks and backward prologue run), with no
+    logits computed: `logits_to_keep=positions` makes the model select those rows before its lm_head, and
+    a hook takes them there and hands the lm_head an empty slice instead.
+
+    The hook runs before DeepSpeed's own hooks on the lm_head, so the rows taken stay outside the
+    lm_head's backward hooks: their gradient flows straight to the layers below.
+    """
+    taken: list[Tensor] = []
+
+    def take(module: torch.nn.Module, args: tuple) -> tuple:
+        taken.append(args[0])
+        return (args[0][:0], *args[1:])
+
+    head = engine.module.get_output_embeddings()
+    handle = head.register_forward_pre_hook(take, prepend=True)
+    try:
+        engine(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            logits_to_keep=positions,
+        )
+    finally:
+        handle.remove()
+    return taken[0]
+
+
+@contextlib.contextmanager
+def gathered_head(engine: Any) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """The lm_head's (weight, bias), whole for the duration: ZeRO-3 partitions them, so they are gathered
+    (`deepspeed.zero.GatheredParameters`) and partitioned again on exit.
+
+    Gradients computed from them inside reach DeepSpeed the usual way: autograd accumulates the full
+    (V, H) gradient into the parameter, whose gradient hook reduce-scatters it into this rank's partition.
+    A tied lm_head is the input embedding: its two gradients are summed first.
+    """
+    import deepspeed
+
+    head = engine.module.get_output_embeddings()
+    params = [p for p in (head.weight, head.bias) if p is not None]
+    with deepspeed.zero.GatheredParameters(params):
+        yield head.weight, head.bias

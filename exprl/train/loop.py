@@ -26,12 +26,21 @@ from torch import Tensor
 
 from exprl import batching
 from exprl.data import Problem, load_problems, step_prompts
-from exprl.kernels import entropy_pg_loss, logprobs_and_entropy
+from exprl.kernels import (
+    PGLossOutput,
+    entropy_pg_loss,
+    linear_entropy_pg_loss,
+    linear_logprobs_and_entropy,
+    logprobs_and_entropy,
+)
 from exprl.train import advantages, lifecycle, rollout
 from exprl.train.config import TrainConfig, batch_layout
 from exprl.train.engine import (
     build_engine,
     deepspeed_config,
+    forward_hidden,
+    fused_linear_head,
+    gathered_head,
     global_sum,
     init_distributed,
     load_policy,
@@ -51,6 +60,7 @@ def run_rl(cfg: TrainConfig) -> pathlib.Path:
         )
     _, grad_accum = batch_layout(cfg, world)
     model, tokenizer = load_policy(cfg)
+    fused_linear = fused_linear_head(model, cfg.algo.fused_linear)
     engine = build_engine(model, deepspeed_config(cfg, cfg.algo.micro_batch_size, grad_accum, world))
     ref = None
     if cfg.algo.kl_coef > 0:
@@ -67,7 +77,9 @@ def run_rl(cfg: TrainConfig) -> pathlib.Path:
     }
     state, logger, bar, saved = lifecycle.begin_run(engine, tokenizer, cfg, rank, state)
     for step in range(state["step"], cfg.steps):
-        metrics = train_step(engine, ref, tokenizer, judge, verifier, problems, cfg, step, state)
+        metrics = train_step(
+            engine, ref, tokenizer, judge, verifier, problems, cfg, step, state, fused_linear
+        )
         saved = lifecycle.end_step(engine, cfg, state, metrics, logger, bar)
     lifecycle.end_run(engine, tokenizer, cfg, state, logger, bar, saved, rank)
     return cfg.run_dir
@@ -83,8 +95,10 @@ def train_step(
     cfg: TrainConfig,
     step: int,
     state: dict[str, Any],
+    fused_linear: bool,
 ) -> dict[str, float]:
-    """One RL step on this rank's share of the step's prompts; returns global metrics (all ranks agree)."""
+    """One RL step on this rank's share of the step's prompts; returns global metrics (all ranks agree).
+    fused_linear: the loss and log-prob passes go through the fused linear ops (`optimize`)."""
     rank, world = dist.get_rank(), dist.get_world_size()
     indices = step_prompts(len(problems), cfg.rollout.prompts_per_step, step, cfg.seed, cfg.data.shuffle)
     share = cfg.rollout.prompts_per_step // world
@@ -102,7 +116,7 @@ def train_step(
     rollout.score(ro, judge, verifier)
     t2 = time.perf_counter()
     token_adv = compute_advantages(ro, tokenizer, cfg)
-    train_stats = optimize(engine, ref, ro, token_adv, tokenizer.pad_token_id, cfg)
+    train_stats = optimize(engine, ref, ro, token_adv, tokenizer.pad_token_id, cfg, fused_linear)
     t3 = time.perf_counter()
     metrics = rollout_metrics(ro, cfg.rollout.group_size, state)
     metrics.update(train_stats)
@@ -146,8 +160,9 @@ class MicroBatch:
     batch: batching.RolloutBatch
     advantages: Tensor  # float32 (B, L), 0 off the response
     mask: Tensor  # bool (B, L): response tokens of rollouts that were graded
-    old_logprobs: Tensor | None = None  # float32 (B, L)
-    ref_logprobs: Tensor | None = None  # float32 (B, L)
+    # float32 (B, L); with the fused linear ops (R,): only the R positions of `mask`, in (b, t) order
+    old_logprobs: Tensor | None = None
+    ref_logprobs: Tensor | None = None
 
     @property
     def tokens(self) -> int:
@@ -189,24 +204,79 @@ def forward_logits(engine, mb: MicroBatch) -> Tensor:
     return engine(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids).logits
 
 
+def policy_logprobs(engine, mb: MicroBatch, temperature: float, fused_linear: bool) -> Tensor:
+    """Log-probs of the micro-batch's targets under `engine`'s model, no gradient: (B, L) from the logits,
+    or with `fused_linear` (R,) at the R positions of `mb.mask`, from their hidden states and the lm_head
+    (`linear_logprobs_and_entropy`: no logits at all)."""
+    if not fused_linear:
+        return logprobs_and_entropy(forward_logits(engine, mb), mb.batch.target_ids, temperature=temperature)[
+            0
+        ]
+    hidden = forward_hidden(engine, mb.batch, mb.mask)
+    with gathered_head(engine) as (weight, bias):
+        targets = mb.batch.target_ids[mb.mask]
+        return linear_logprobs_and_entropy(hidden, weight, targets, bias=bias, temperature=temperature)[0]
+
+
+def policy_loss(engine, mb: MicroBatch, fused_linear: bool, **options: Any) -> PGLossOutput:
+    """The loss of the micro-batch under `engine`'s model (`options`: those of `entropy_pg_loss`): from the
+    logits of every position (masked), or with `fused_linear` from the hidden states of the R positions of
+    `mb.mask` and the lm_head (`linear_entropy_pg_loss`), whose log-probs come from `policy_logprobs`.
+
+    The fused call sees the R tokens packed, one span per sequence that has any (`cu_seqlens`): a sequence
+    with none adds nothing to any aggregation, so the loss equals the padded one.
+    """
+    if not fused_linear:
+        return entropy_pg_loss(
+            forward_logits(engine, mb),
+            mb.batch.target_ids,
+            mb.advantages,
+            mask=mb.mask,
+            old_logprobs=mb.old_logprobs,
+            ref_logprobs=mb.ref_logprobs,
+            **options,
+        )
+    lengths = mb.mask.sum(1)
+    cu_seqlens = torch.nn.functional.pad(lengths[lengths > 0].cumsum(0), (1, 0))
+    if len(cu_seqlens) == 1:  # no token at all: one empty sequence
+        cu_seqlens = lengths.new_zeros(2)
+    hidden = forward_hidden(engine, mb.batch, mb.mask)
+    with gathered_head(engine) as (weight, bias):
+        return linear_entropy_pg_loss(
+            hidden,
+            weight,
+            mb.batch.target_ids[mb.mask],
+            mb.advantages[mb.mask],
+            bias=bias,
+            old_logprobs=mb.old_logprobs,
+            ref_logprobs=mb.ref_logprobs,
+            cu_seqlens=cu_seqlens,
+            **options,
+        )
+
+
 def optimize(
-    engine, ref, ro: rollout.Rollouts, token_adv: Sequence[Tensor], pad_id: int, cfg: TrainConfig
+    engine,
+    ref,
+    ro: rollout.Rollouts,
+    token_adv: Sequence[Tensor],
+    pad_id: int,
+    cfg: TrainConfig,
+    fused_linear: bool,
 ) -> dict[str, float]:
     """PPO epochs over the rollouts: old/ref log-probs first, then mini-batch optimizer steps with
-    gradient accumulation over micro-batches. Returns global means (loss, entropy, kl, clip_frac, ...)."""
+    gradient accumulation over micro-batches. Returns global means (loss, entropy, kl, clip_frac, ...).
+    fused_linear: the loss and the log-prob passes take hidden states and the lm_head, never logits."""
     a, world = cfg.algo, dist.get_world_size()
+    temperature = cfg.rollout.temperature
     mbs = micro_batches(ro, token_adv, pad_id, a.micro_batch_size, engine.device)
     on_policy = a.ppo_epochs == 1 and a.mini_batches == 1  # old == current policy: ratio is exactly 1
     with torch.no_grad():
         for mb in mbs:
             if ref is not None:
-                mb.ref_logprobs = logprobs_and_entropy(
-                    forward_logits(ref, mb), mb.batch.target_ids, temperature=cfg.rollout.temperature
-                )[0]
+                mb.ref_logprobs = policy_logprobs(ref, mb, temperature, fused_linear)
             if not on_policy:
-                mb.old_logprobs = logprobs_and_entropy(
-                    forward_logits(engine, mb), mb.batch.target_ids, temperature=cfg.rollout.temperature
-                )[0]
+                mb.old_logprobs = policy_logprobs(engine, mb, temperature, fused_linear)
     per_mini = len(mbs) // a.mini_batches
     sums = {"loss": 0.0, "entropy": 0.0, "kl": 0.0, "clip_frac": 0.0}
     grad_norms, updates, tokens = [], 0, 0.0
@@ -218,15 +288,11 @@ def optimize(
                 [float(sum(mb.tokens for mb in group)), float(sum(mb.sequences for mb in group))]
             )
             for mb in group:
-                logits = forward_logits(engine, mb)
-                out = entropy_pg_loss(
-                    logits,
-                    mb.batch.target_ids,
-                    mb.advantages,
-                    mask=mb.mask,
-                    old_logprobs=mb.old_logprobs,
-                    ref_logprobs=mb.ref_logprobs,
-                    temperature=cfg.rollout.temperature,
+                out = policy_loss(
+                    engine,
+                    mb,
+                    fused_linear,
+                    temperature=temperature,
                     clip_low=a.clip_low,
                     clip_high=a.clip_high,
                     dual_clip=a.dual_clip,

@@ -1,0 +1,181 @@
+"""The trainer's fused linear path (`algo.fused_linear`): the loss and the log-prob passes from the final
+hidden states and the lm_head give the same run as the logits path, with 1 rank, with 2 ranks, and across
+kill and resume; which models get it; the hidden states it takes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_train_distributed import env, launcher, toy_config_file
+from train_helpers import read_records
+
+from exprl.train import run
+from exprl.train.config import load_config
+from exprl.train.engine import deepspeed_config, forward_hidden, fused_linear_head
+
+# the exported parameters and these per-step metrics agree between the two paths within TOLERANCE
+METRICS = ("loss", "kl", "entropy", "clip_frac", "grad_norm")
+TOLERANCE = 1e-5
+# the toy run with every pass the fused path replaces: reference (KL) and old-policy (2 PPO epochs)
+# log-probs, the entropy bonus, and a per-sequence aggregation (the packed spans of the fused call)
+ALGO = [
+    "algo.kl_coef=0.01",
+    "algo.entropy_coef=0.01",
+    "algo.ppo_epochs=2",
+    "algo.loss_agg=seq-mean-token-mean",
+    "export=true",
+]
+
+
+@pytest.fixture
+def toy(tiny_models):
+    return tiny_models["digits"], tiny_models["reward"]
+
+
+def partitioned(toy, tmp_path, name: str, *extra: str):
+    """A toy config file whose DeepSpeed JSON is exprl's own ZeRO-3 config with every parameter partitioned:
+    DeepSpeed keeps parameters below `stage3_param_persistence_threshold` whole on every rank, which would
+    be all of the tiny model's (a real lm_head is far above it)."""
+    cfg = load_config(toy_config_file(toy, tmp_path, name, *extra))
+    ds = deepspeed_config(cfg, 1, 1, 1)
+    ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    ds_file = tmp_path / f"{name}-deepspeed.json"
+    ds_file.write_text(json.dumps(ds))
+    return toy_config_file(toy, tmp_path, name, *extra, f"deepspeed.config={ds_file}")
+
+
+def assert_same_run(fused_dir, logits_dir, steps: int) -> None:
+    fused, logits = read_records(fused_dir), read_records(logits_dir)
+    assert [r["step"] for r in fused] == [r["step"] for r in logits] == list(range(1, steps + 1))
+    for a, b in zip(logits, fused, strict=True):
+        assert a["reward/judge"] == b["reward/judge"] and a["response_length"] == b["response_length"]
+        for key in METRICS:
+            assert b[key] == pytest.approx(a[key], rel=TOLERANCE, abs=1e-7), (a["step"], key)
+    want = load_file(logits_dir / "export" / "model.safetensors")
+    got = load_file(fused_dir / "export" / "model.safetensors")
+    assert got.keys() == want.keys()
+    for name, value in want.items():
+        torch.testing.assert_close(got[name], value, rtol=0, atol=TOLERANCE, msg=name)
+    # the runs trained: the comparison is not between two untouched copies of the initial model
+    assert any(abs(r["grad_norm"]) > 0 for r in fused)
+
+
+@pytest.mark.slow
+def test_one_rank_fused_matches_logits_path(toy, tmp_path):
+    common = ["steps=3", "checkpoint_every=0", *ALGO]
+    runs = {}
+    for fused in (True, False):
+        path = partitioned(
+            toy, tmp_path, f"fused-{fused}", *common, f"algo.fused_linear={str(fused).lower()}"
+        )
+        runs[fused] = run(load_config(path))
+    assert_same_run(runs[True], runs[False], steps=3)
+
+
+@pytest.mark.slow
+def test_two_ranks_fused_matches_logits_path(toy, tmp_path):
+    """Under `deepspeed --num_gpus 2`, with the lm_head (tied to the embeddings) partitioned over the ranks:
+    its gradient from the fused op lands in each rank's partition."""
+    common = ["steps=2", "checkpoint_every=0", "algo.micro_batch_size=4", *ALGO]
+    for port, fused in ((29571, True), (29572, False)):
+        path = partitioned(toy, tmp_path, f"two-{fused}", *common, f"algo.fused_linear={str(fused).lower()}")
+        command = [*launcher(), "--num_gpus", "2", "--master_port", str(port), "--module", "exprl.train"]
+        result = subprocess.run(
+            [*command, "--config", str(path)], env=env(), capture_output=True, text=True, timeout=600
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert_same_run(tmp_path / "two-True", tmp_path / "two-False", steps=2)
+
+
+@pytest.mark.slow
+def test_killed_fused_run_resumes_to_the_logits_run(toy, tmp_path):
+    common = ["steps=4", "checkpoint_every=2", *ALGO]
+    whole = run(load_config(partitioned(toy, tmp_path, "logits", *common, "algo.fused_linear=false")))
+
+    path = partitioned(toy, tmp_path, "killed", *common, "algo.fused_linear=true")
+    ckpt = tmp_path / "killed" / "checkpoints"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "exprl.train", "--config", str(path)],
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while not (ckpt / "latest").is_file() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    assert (ckpt / "latest").read_text() != "step_000004", "the run finished before it could be killed"
+    resumed = run(load_config(path))
+    assert_same_run(resumed, whole, steps=4)
+
+
+def _llama(**config):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    shape = dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_key_value_heads=2)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=50, num_hidden_layers=1, **shape, **config))
+
+
+def test_fused_linear_head_is_on_for_a_plain_linear_lm_head():
+    tied, untied = _llama(tie_word_embeddings=True), _llama(tie_word_embeddings=False)
+    assert (
+        fused_linear_head(tied, "auto")
+        and fused_linear_head(untied, "auto")
+        and fused_linear_head(tied, True)
+    )
+    assert not fused_linear_head(tied, False)
+
+
+def test_fused_linear_head_is_off_where_the_logits_are_transformed():
+    model = _llama()
+    model.config.final_logit_softcapping = 30.0
+    assert not fused_linear_head(model, "auto")
+    with pytest.raises(ValueError, match=r"algo.fused_linear: true .*final_logit_softcapping"):
+        fused_linear_head(model, True)
+    model = _llama()
+    model.lm_head = torch.nn.Sequential(model.lm_head)
+    with pytest.raises(ValueError, match="its output layer is Sequential, not a plain torch.nn.Linear"):
+        fused_linear_head(model, True)
+
+
+class _Engine:
+    """The part of a DeepSpeed engine that `forward_hidden` uses: `.module`, and calling it runs it."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __call__(self, **kwargs):
+        return self.module(**kwargs)
+
+
+def test_forward_hidden_takes_the_selected_rows_and_computes_no_logits():
+    from exprl import batching
+
+    model = _llama()
+    prompts, responses = (
+        [torch.tensor([3, 4, 5]), torch.tensor([6])],
+        [torch.tensor([7, 8]), torch.tensor([9, 10])],
+    )
+    batch = batching.build_rollout_batch(prompts, responses, 0, layout="padded")
+    positions = batch.response_mask.clone()
+    positions[1, -1] = False  # any subset of positions
+    head_inputs = []
+    model.lm_head.register_forward_pre_hook(lambda module, args: head_inputs.append(args[0].shape))
+
+    hidden = forward_hidden(_Engine(model), batch, positions)
+
+    full = model.model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+    ).last_hidden_state
+    torch.testing.assert_close(hidden, full[positions])
+    assert head_inputs == [torch.Size([0, 16])]
+    assert len(model.lm_head._forward_pre_hooks) == 1  # forward_hidden's own hook is gone
