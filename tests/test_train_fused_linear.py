@@ -147,16 +147,6 @@ def test_fused_linear_head_is_off_where_the_logits_are_transformed():
         fused_linear_head(model, True)
 
 
-class _Engine:
-    """The part of a DeepSpeed engine that `forward_hidden` uses: `.module`, and calling it runs it."""
-
-    def __init__(self, module):
-        self.module = module
-
-    def __call__(self, **kwargs):
-        return self.module(**kwargs)
-
-
 def test_forward_hidden_takes_the_selected_rows_and_computes_no_logits():
     from exprl import batching
 
@@ -171,7 +161,7 @@ def test_forward_hidden_takes_the_selected_rows_and_computes_no_logits():
     head_inputs = []
     model.lm_head.register_forward_pre_hook(lambda module, args: head_inputs.append(args[0].shape))
 
-    hidden = forward_hidden(_Engine(model), batch, positions)
+    hidden = forward_hidden(model, batch, positions)
 
     full = model.model(
         input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids

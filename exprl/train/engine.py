@@ -201,9 +201,10 @@ def fused_linear_head(model: torch.nn.Module, setting: str | bool, key: str = "a
 
 def forward_hidden(engine: Any, batch: Any, positions: Tensor) -> Tensor:
     """The final hidden states (R, H) of the R positions where `positions` (B, L) bool is True, in (b, t)
-    order, from the engine's forward (so DeepSpeed's ZeRO-3 hooks and backward prologue run), with no
-    logits computed: `logits_to_keep=positions` makes the model select those rows before its lm_head, and
-    a hook takes them there and hands the lm_head an empty slice instead.
+    order, from the forward of `engine` (a DeepSpeed engine, so that its ZeRO-3 hooks and backward
+    prologue run; or a bare Hugging Face model) for `batch` (a `RolloutBatch`), with no logits computed:
+    `logits_to_keep=positions` makes the model select those rows before its lm_head, and a hook takes them
+    there and hands the lm_head an empty slice instead.
 
     The hook runs before DeepSpeed's own hooks on the lm_head, so the rows taken stay outside the
     lm_head's backward hooks: their gradient flows straight to the layers below.
@@ -214,7 +215,7 @@ def forward_hidden(engine: Any, batch: Any, positions: Tensor) -> Tensor:
         taken.append(args[0])
         return (args[0][:0], *args[1:])
 
-    head = engine.module.get_output_embeddings()
+    head = getattr(engine, "module", engine).get_output_embeddings()
     handle = head.register_forward_pre_hook(take, prepend=True)
     try:
         engine(
@@ -230,8 +231,9 @@ def forward_hidden(engine: Any, batch: Any, positions: Tensor) -> Tensor:
 
 @contextlib.contextmanager
 def gathered_head(engine: Any) -> Iterator[tuple[Tensor, Tensor | None]]:
-    """The lm_head's (weight, bias), whole for the duration: ZeRO-3 partitions them, so they are gathered
-    (`deepspeed.zero.GatheredParameters`) and partitioned again on exit.
+    """The lm_head's (weight, bias) of `engine` (DeepSpeed's, or a bare model), whole for the duration:
+    ZeRO-3 partitions them, so they are gathered (`deepspeed.zero.GatheredParameters`; a no-op on the
+    parameters of a bare model) and partitioned again on exit.
 
     Gradients computed from them inside reach DeepSpeed the usual way: autograd accumulates the full
     (V, H) gradient into the parameter, whose gradient hook reduce-scatters it into this rank's partition.
@@ -239,7 +241,7 @@ def gathered_head(engine: Any) -> Iterator[tuple[Tensor, Tensor | None]]:
     """
     import deepspeed
 
-    head = engine.module.get_output_embeddings()
+    head = getattr(engine, "module", engine).get_output_embeddings()
     params = [p for p in (head.weight, head.bias) if p is not None]
     with deepspeed.zero.GatheredParameters(params):
         yield head.weight, head.bias
