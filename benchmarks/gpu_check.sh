@@ -93,8 +93,13 @@ for f in tests/test_*.py; do
 done
 
 # 3. every benchmarks/bench_*.py at its CUDA shapes (the loss at the H100 target shapes: N=8192,
-#    V=151936, bf16), against eager PyTorch; each writes its table into $OUT (benchmarks/common.py)
-declare -A BENCH_LIMIT=([bench_loss]=180 [bench_batching]=90 [bench_train_step]=150)
+#    V=151936, bf16), against eager PyTorch; each writes its table into $OUT (benchmarks/common.py).
+#    Liger-Kernel, the peer column of bench_linear_loss, comes from the lent machine's wheels when present
+#    (no index, no dependencies: torch and triton are already there); without it the column is skipped.
+for whl in "${DEVICE_WHEELS:-../shared/device-wheels}"/liger_kernel-*.whl; do
+  [ -f "$whl" ] && "$PYTHON" -m pip install -q --no-index --no-deps "$whl" >> "$OUT/build.log" 2>&1
+done
+declare -A BENCH_LIMIT=([bench_loss]=180 [bench_batching]=90 [bench_train_step]=200 [bench_linear_loss]=240)
 for f in benchmarks/bench_*.py; do
   name=$(basename "$f" .py)
   step "$name" "${BENCH_LIMIT[$name]:-120}" env EXPRL_BENCH_OUT="$OUT" "$PYTHON" -m pytest "$f" \
