@@ -51,6 +51,18 @@ REPORT = Report("bench_train_step", TITLE, size=SIZE, qwen_size=QWEN,
                 timing="median over the timed steps after one warm-up step")  # fmt: skip
 
 
+def model_shape(size: dict) -> dict:
+    """The Hugging Face config fields that `size` fixes (4 attention heads, MLP 4x the hidden size)."""
+    return dict(
+        vocab_size=size["vocab"],
+        hidden_size=size["hidden"],
+        intermediate_size=4 * size["hidden"],
+        num_hidden_layers=size["layers"],
+        num_attention_heads=4,
+        max_position_embeddings=size["seq"],
+    )
+
+
 def make_step(backend: str, size: dict):
     """A seeded model, optimizer and batch; returns `step() -> loss` (one full training step).
 
@@ -62,17 +74,10 @@ def make_step(backend: str, size: dict):
     from exprl.kernels import entropy_pg_loss
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=size["vocab"],
-        hidden_size=size["hidden"],
-        intermediate_size=4 * size["hidden"],
-        num_hidden_layers=size["layers"],
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=size["seq"],
-        tie_word_embeddings=False,
+    model = LlamaForCausalLM(
+        LlamaConfig(**model_shape(size), num_key_value_heads=4, tie_word_embeddings=False)
     )
-    model = LlamaForCausalLM(cfg).to(DEVICE)
+    model = model.to(DEVICE)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     b, t = size["batch"], size["seq"]
     g = torch.Generator().manual_seed(1)
@@ -120,18 +125,10 @@ def make_qwen_step(fused_linear: bool, size: dict):
     from exprl.train.loop import MicroBatch, policy_logprobs, policy_loss
 
     torch.manual_seed(0)
-    cfg = Qwen2Config(
-        vocab_size=size["vocab"],
-        hidden_size=size["hidden"],
-        intermediate_size=4 * size["hidden"],
-        num_hidden_layers=size["layers"],
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=size["seq"],
-        tie_word_embeddings=True,
+    model = Qwen2ForCausalLM(
+        Qwen2Config(**model_shape(size), num_key_value_heads=2, tie_word_embeddings=True)
     )
-    dtype = torch.bfloat16 if CUDA else torch.float32
-    model = Qwen2ForCausalLM(cfg).to(device=DEVICE, dtype=dtype)
+    model = model.to(device=DEVICE, dtype=torch.bfloat16 if CUDA else torch.float32)
     assert fused_linear_head(model, fused_linear) == fused_linear
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     b, t = size["batch"], size["seq"]
