@@ -34,6 +34,24 @@ def env() -> dict:
     return e
 
 
+def kill_at_first_checkpoint(path: pathlib.Path, checkpoints: pathlib.Path) -> str:
+    """Runs `exprl.train --config path` in a child and kills it with SIGKILL (no handler, no cleanup,
+    possibly mid-write) once `checkpoints/latest` exists; returns the tag that `latest` names then."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "exprl.train", "--config", str(path)],
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while not (checkpoints / "latest").is_file() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    return (checkpoints / "latest").read_text()
+
+
 @pytest.fixture
 def toy(tiny_models):
     return tiny_models["digits"], tiny_models["reward"]
@@ -74,20 +92,7 @@ def test_killed_run_resumes_exactly(toy, tmp_path):
     reference = read_records(run(load_config(toy_config_file(toy, tmp_path, "whole", *steps))))
 
     path = toy_config_file(toy, tmp_path, "killed", *steps)
-    ckpt = tmp_path / "killed" / "checkpoints"
-    child = subprocess.Popen(
-        [sys.executable, "-m", "exprl.train", "--config", str(path)],
-        env=env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 300
-    while not (ckpt / "latest").is_file() and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.killpg(child.pid, signal.SIGKILL)  # SIGKILL: no handler, no cleanup, possibly mid-write
-    child.wait()
-    killed_at = (ckpt / "latest").read_text()
+    killed_at = kill_at_first_checkpoint(path, tmp_path / "killed" / "checkpoints")
     assert killed_at != "step_000006", "the run finished before it could be killed"
     partial = read_records(tmp_path / "killed")
     assert len(partial) < 6

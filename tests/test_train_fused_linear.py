@@ -3,16 +3,12 @@ hidden states and the lm_head give the same run as the logits path, with 1 rank,
 kill and resume; which models get it; the hidden states it takes."""
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train_distributed import env, launcher, toy_config_file
+from test_train_distributed import env, kill_at_first_checkpoint, launcher, toy_config_file
 from train_helpers import read_records
 
 from exprl.train import run
@@ -99,20 +95,8 @@ def test_killed_fused_run_resumes_to_the_logits_run(toy, tmp_path):
     whole = run(load_config(partitioned(toy, tmp_path, "logits", *common, "algo.fused_linear=false")))
 
     path = partitioned(toy, tmp_path, "killed", *common, "algo.fused_linear=true")
-    ckpt = tmp_path / "killed" / "checkpoints"
-    child = subprocess.Popen(
-        [sys.executable, "-m", "exprl.train", "--config", str(path)],
-        env=env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 300
-    while not (ckpt / "latest").is_file() and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.killpg(child.pid, signal.SIGKILL)
-    child.wait()
-    assert (ckpt / "latest").read_text() != "step_000004", "the run finished before it could be killed"
+    killed_at = kill_at_first_checkpoint(path, tmp_path / "killed" / "checkpoints")
+    assert killed_at != "step_000004", "the run finished before it could be killed"
     resumed = run(load_config(path))
     assert_same_run(resumed, whole, steps=4)
 
