@@ -165,7 +165,7 @@ def compute_advantages(ro: rollout.Rollouts, tokenizer, cfg: TrainConfig) -> lis
 class MicroBatch:
     """Training tensors of a few rollouts, padded (B, L); `advantages` and `mask` align with `target_ids`."""
 
-    batch: batching.RolloutBatch
+    batch: batching.TrainingBatch
     advantages: Tensor  # float32 (B, L), 0 off the response
     mask: Tensor  # bool (B, L): response tokens of rollouts that were graded
     old_logprobs: Tensor | None = None  # float32 (B, L)
