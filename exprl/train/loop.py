@@ -144,7 +144,7 @@ def train_step(
     return metrics
 
 
-def compute_advantages(ro: rollout.Rollouts, tokenizer, cfg: TrainConfig) -> list[Tensor]:
+def compute_advantages(ro: rollout.RolloutGroups, tokenizer, cfg: TrainConfig) -> list[Tensor]:
     """Per rollout, float32 (R_i,) advantages of its response tokens, from the registered estimator."""
     segment_ids: list[Tensor] | None = None
     if cfg.algo.advantage.startswith("process"):
@@ -181,7 +181,7 @@ class MicroBatch:
 
 
 def micro_batches(
-    ro: rollout.Rollouts, token_adv: Sequence[Tensor], pad_id: int, size: int, device: torch.device
+    ro: rollout.RolloutGroups, token_adv: Sequence[Tensor], pad_id: int, size: int, device: torch.device
 ) -> list[MicroBatch]:
     """Rollouts -> `size`-sequence micro-batches through `exprl.batching.build_rollout_batch`.
     Dropped rollouts (score None) keep their place with an all-zero mask."""
@@ -212,7 +212,7 @@ def forward_logits(engine, mb: MicroBatch) -> Tensor:
 
 
 def optimize(
-    engine, ref, ro: rollout.Rollouts, token_adv: Sequence[Tensor], pad_id: int, cfg: TrainConfig
+    engine, ref, ro: rollout.RolloutGroups, token_adv: Sequence[Tensor], pad_id: int, cfg: TrainConfig
 ) -> dict[str, float]:
     """PPO epochs over the rollouts: old/ref log-probs first, then mini-batch optimizer steps with
     gradient accumulation over micro-batches. Returns global means (loss, entropy, kl, clip_frac, ...)."""
@@ -287,7 +287,7 @@ def optimize(
     }
 
 
-def rollout_metrics(ro: rollout.Rollouts, group_size: int, state: dict[str, Any]) -> dict[str, float]:
+def rollout_metrics(ro: rollout.RolloutGroups, group_size: int, state: dict[str, Any]) -> dict[str, float]:
     """Global rollout statistics; also updates the run's record of prompts that were unsolved at their
     first appearance and later solved (`state`, saved in checkpoints)."""
     kept = [s for s in ro.scores if s is not None]

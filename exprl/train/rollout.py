@@ -22,8 +22,13 @@ from exprl.train.config import JUDGES, TrainConfig
 
 
 @dataclass
-class Rollouts:
-    """The G responses of each of a rank's prompts, prompt-major (rollout i belongs to prompt i // G)."""
+class RolloutGroups:
+    """A rank's rollouts of one step, column by column: the G responses of each of its prompts,
+    prompt-major (rollout i belongs to prompt i // G).
+
+    A reward scores each of them as one `exprl.rewards.Rollout` (problem, response text); the
+    trainer turns them into `exprl.batching.TrainingBatch` tensors for the loss.
+    """
 
     problems: list[Problem]  # one per rollout
     prompt_ids: list[Tensor]  # int64 (P_i,)
@@ -80,10 +85,10 @@ def generation_mode(engine, gather_parameters: bool) -> Iterator[torch.nn.Module
 
 def generate(
     engine, tokenizer, problems: Sequence[Problem], global_indices: Sequence[int], cfg: TrainConfig, step: int
-) -> Rollouts:
+) -> RolloutGroups:
     """G samples for each problem (temperature, top-p, max new tokens, stop at eos)."""
     r = cfg.rollout
-    out = Rollouts([], [], [], [], [])
+    out = RolloutGroups([], [], [], [], [])
     with generation_mode(engine, r.gather_parameters) as model:
         for problem, index in zip(problems, global_indices, strict=True):
             samples = sample(
@@ -105,7 +110,7 @@ def generate(
     return out
 
 
-def score(rollouts: Rollouts, judge: RewardSource, verifier: RewardSource) -> None:
+def score(rollouts: RolloutGroups, judge: RewardSource, verifier: RewardSource) -> None:
     """Fill `rollouts.scores` (judge) and `rollouts.correct` (sparse verifier) in place.
 
     Contract (DESIGN §1): a truncated rollout gets reward 0 (per segment: all zeros, so all its process
