@@ -112,7 +112,7 @@ def train_step(
     share = cfg.rollout.prompts_per_step // world
     mine = range(rank * share, (rank + 1) * share)
     t0 = time.perf_counter()
-    ro = rollout.generate(
+    ro, decode = rollout.generate(
         engine,
         tokenizer,
         [problems[indices[j]] for j in mine],
@@ -128,13 +128,16 @@ def train_step(
     t3 = time.perf_counter()
     metrics = rollout_metrics(ro, cfg.rollout.group_size, state)
     metrics.update(train_stats)
-    gen_tokens = global_sum([float(sum(len(r) for r in ro.response_ids))])[0]
+    gen_tokens, positions, wasted = global_sum(
+        [float(decode.sampled_tokens), float(decode.decode_positions), float(decode.wasted_positions)]
+    )
     metrics.update(
         {
             "time/generation": t1 - t0,
             "time/scoring": t2 - t1,
             "time/training": t3 - t2,
             "throughput/generated_tokens_per_s": gen_tokens / max(t1 - t0, 1e-9),
+            "rollout/wasted_decode_share": wasted / max(positions, 1.0),
             "throughput/trained_tokens_per_s": train_stats["tokens"]
             * cfg.algo.ppo_epochs
             / max(t3 - t2, 1e-9),
