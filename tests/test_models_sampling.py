@@ -70,6 +70,16 @@ def test_compaction_does_not_change_the_responses(model, tokenizer):
     assert runs[0][1].decode_positions < runs[2][1].decode_positions
 
 
+def test_static_cache_decoding_draws_the_same_responses(model, tokenizer):
+    """compile_decoding on CPU: the static KV cache (every column, masked), run eagerly, no compaction."""
+    dynamic = sample(model, tokenizer, PROMPTS, 4, max_new_tokens=20, generator_seed=4)
+    static, stats = sample_with_stats(
+        model, tokenizer, PROMPTS, 4, max_new_tokens=20, generator_seed=4, compile_decoding=True
+    )
+    assert responses(static) == responses(dynamic)
+    assert stats.decode_positions == len(static) * (max(len(r) for r in responses(static)) - 1)
+
+
 def test_decode_stats_count_the_rows_kept_after_they_finished(model, tokenizer):
     samples, stats = sample_with_stats(
         model, tokenizer, PROMPTS, 4, max_new_tokens=20, generator_seed=3, compact_fraction=1.0

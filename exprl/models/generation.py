@@ -18,6 +18,7 @@ How a call runs (one batched decode for all prompts x samples, or ``batch_size``
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import random
@@ -28,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, StaticLayer
 
 from exprl import batching
 
@@ -85,9 +86,7 @@ def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list
     return [eos] if isinstance(eos, int) else list(eos)
 
 
-def _validate(prompts, num_samples, max_new_tokens, temperature, top_p, batch_size, prompt_seeds) -> None:
-    if not isinstance(prompts, list | tuple) or not all(isinstance(p, str) for p in prompts):
-        raise TypeError("prompts must be a list of str")
+def _check_sampling(num_samples, max_new_tokens, temperature, top_p, batch_size, compact_fraction) -> None:
     for name, value in (("num_samples", num_samples), ("max_new_tokens", max_new_tokens)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -98,10 +97,8 @@ def _validate(prompts, num_samples, max_new_tokens, temperature, top_p, batch_si
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-    if prompt_seeds is not None and (
-        len(prompt_seeds) != len(prompts) or not all(isinstance(s, int) for s in prompt_seeds)
-    ):
-        raise ValueError(f"prompt_seeds must hold one int per prompt ({len(prompts)}), got {prompt_seeds!r}")
+    if not 0 < compact_fraction <= 1:
+        raise ValueError(f"compact_fraction must be in (0, 1], got {compact_fraction!r}")
 
 
 def sample(
@@ -123,9 +120,9 @@ def sample(
 
     Rows are decoded ``batch_size`` at a time (default: all at once). Sample ``j`` of prompt ``i`` draws
     from the stream ``stream_seed(prompt_seeds[i], j)`` when ``prompt_seeds`` is given, else
-    ``stream_seed(generator_seed, i, j)``; without either, the base seed is drawn from torch's global
-    RNG. The caller's RNG state is left alone when a seed is given. ``greedy`` ignores ``temperature``
-    and ``top_p``.
+    ``stream_seed(stream_seed(generator_seed, i), j)``; without either, the base seed is drawn from
+    torch's global RNG. The caller's RNG state is left alone when a seed is given. ``greedy`` ignores
+    ``temperature`` and ``top_p``.
     """
     return sample_with_stats(
         model,
@@ -142,7 +139,6 @@ def sample(
     )[0]
 
 
-@torch.no_grad()
 def sample_with_stats(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -157,50 +153,147 @@ def sample_with_stats(
     generator_seed: int | None = None,
     prompt_seeds: Sequence[int] | None = None,
     compact_fraction: float = 0.25,
+    compile_decoding: bool = False,
 ) -> tuple[list[Sample], DecodeStats]:
-    """`sample`, and what it cost (`DecodeStats`). ``compact_fraction``: cut the finished rows out of the
-    batch once they are at least this share of it (1.0: only when all have finished)."""
-    _validate(prompts, num_samples, max_new_tokens, temperature, top_p, batch_size, prompt_seeds)
-    if not 0 < compact_fraction <= 1:
-        raise ValueError(f"compact_fraction must be in (0, 1], got {compact_fraction!r}")
-    stats = DecodeStats()
-    if not prompts:
-        return [], stats
-    eos_ids = _eos_ids(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
-    encoded = [torch.tensor(tokenizer(p)["input_ids"], dtype=torch.long) for p in prompts]
-    for index, ids in enumerate(encoded):
-        if ids.numel() == 0:
-            raise ValueError(f"prompts[{index}] encodes to no tokens")
+    """`sample`, and what it cost (`DecodeStats`); ``compact_fraction`` and ``compile_decoding`` as in
+    `sample_tokens`."""
+    if not isinstance(prompts, list | tuple) or not all(isinstance(p, str) for p in prompts):
+        raise TypeError("prompts must be a list of str")
     if prompt_seeds is None:
         base = generator_seed if generator_seed is not None else int(torch.randint(2**62, ()))
         prompt_seeds = [stream_seed(base, i) for i in range(len(prompts))]
-    rows = [(i, j) for i in range(len(prompts)) for j in range(num_samples)]
-    decoder = _Decoder(model, eos_ids, pad_id, max_new_tokens, temperature, top_p, greedy, compact_fraction)
+    eos_ids = _eos_ids(model, tokenizer)
+    out = sample_tokens(
+        model,
+        [torch.tensor(tokenizer(p)["input_ids"], dtype=torch.long) for p in prompts],
+        num_samples,
+        eos_ids=eos_ids,
+        pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0],
+        prompt_seeds=prompt_seeds,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        greedy=greedy,
+        batch_size=batch_size,
+        compact_fraction=compact_fraction,
+        compile_decoding=compile_decoding,
+    )
+    samples = [
+        Sample(
+            i // num_samples,
+            prompt,
+            response,
+            tokenizer.decode(response.tolist(), skip_special_tokens=True),
+            cut,
+        )
+        for i, (prompt, response, cut) in enumerate(
+            zip(out.prompt_ids, out.response_ids, out.truncated, strict=True)
+        )
+    ]
+    return samples, out.stats
+
+
+@dataclass
+class TokenSamples:
+    """The rows of `sample_tokens`, prompt-major: row i is sample i % G of prompt i // G.
+
+    ``prompt_ids``: int64 [P] per row (the prompt, unpadded); ``response_ids``: int64 [R] per row, ending
+    with an eos token unless ``truncated``.
+    """
+
+    prompt_ids: list[Tensor]
+    response_ids: list[Tensor]
+    truncated: list[bool]
+    stats: DecodeStats
+
+
+@torch.no_grad()
+def sample_tokens(
+    model: PreTrainedModel,
+    prompt_ids: Sequence[Tensor],
+    num_samples: int,
+    *,
+    eos_ids: Sequence[int],
+    pad_id: int,
+    prompt_seeds: Sequence[int],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    batch_size: int | None = None,
+    compact_fraction: float = 0.25,
+    compile_decoding: bool = False,
+) -> TokenSamples:
+    """`num_samples` responses to each prompt (1-D int64 token ids), the tokens-in, tokens-out core of
+    `sample`: sample j of prompt i draws from the stream `stream_seed(prompt_seeds[i], j)`.
+
+    ``compact_fraction``: cut the finished rows out of the batch and its KV cache once they are at least
+    this share of it (1.0: never; the decode runs until every row has finished).
+
+    ``compile_decoding`` (models whose layers are all full attention; ignored for others): decode into a
+    static KV cache, whose batch keeps its shape (no compaction), and on CUDA run the decode steps
+    through `torch.compile(mode="reduce-overhead")` (CUDA graphs; compiled once per process, recorded
+    once per shape). Elsewhere the static cache runs eagerly: the responses are those of the default
+    path, which the CPU tests check.
+    """
+    _check_sampling(num_samples, max_new_tokens, temperature, top_p, batch_size, compact_fraction)
+    if len(prompt_seeds) != len(prompt_ids) or not all(isinstance(s, int) for s in prompt_seeds):
+        raise ValueError(
+            f"prompt_seeds must hold one int per prompt ({len(prompt_ids)}), got {prompt_seeds!r}"
+        )
+    for index, ids in enumerate(prompt_ids):
+        if not isinstance(ids, Tensor) or ids.dtype != torch.long or ids.dim() != 1:
+            raise TypeError(f"prompt_ids[{index}] must be a 1-D int64 tensor")
+        if ids.numel() == 0:
+            raise ValueError(f"prompts[{index}] encodes to no tokens")
+    if not eos_ids:
+        raise ValueError("eos_ids must name at least one token")
+    out = TokenSamples([], [], [], DecodeStats())
+    rows = [(i, j) for i in range(len(prompt_ids)) for j in range(num_samples)]
+    step = batch_size or max(len(rows), 1)
+    decoder = _Decoder(
+        model,
+        list(eos_ids),
+        pad_id,
+        max_new_tokens,
+        temperature,
+        top_p,
+        greedy,
+        compact_fraction,
+        compile_decoding,
+    )
     was_training = model.training
     model.eval()
-    samples: list[Sample] = []
     try:
-        for start in range(0, len(rows), batch_size or len(rows)):
-            chunk = rows[start : start + (batch_size or len(rows))]
+        for start in range(0, len(rows), step):
+            chunk = rows[start : start + step]
             streams = [random.Random(stream_seed(prompt_seeds[i], j)) for i, j in chunk]
-            split, chunk_stats = decoder.run([encoded[i] for i, _ in chunk], streams)
-            stats.add(chunk_stats)
-            for (i, _), prompt, response, truncated in zip(
-                chunk, split.prompts, split.responses, split.truncated.tolist(), strict=True
-            ):
-                text = tokenizer.decode(response.tolist(), skip_special_tokens=True)
-                samples.append(Sample(i, prompt.clone(), response.clone(), text, truncated))
+            split, stats = decoder.run([prompt_ids[i].cpu() for i, _ in chunk], streams)
+            out.stats.add(stats)
+            out.prompt_ids += [p.clone() for p in split.prompts]
+            out.response_ids += [r.clone() for r in split.responses]
+            out.truncated += split.truncated.tolist()
     finally:
         model.train(was_training)
-    stats.sampled_tokens = sum(len(s.response_ids) for s in samples)
-    return samples, stats
+    out.stats.sampled_tokens = sum(len(r) for r in out.response_ids)
+    return out
 
 
 class _Decoder:
     """One batched decode of a list of prompt rows (consecutive equal prompts share their prefill)."""
 
-    def __init__(self, model, eos_ids, pad_id, max_new_tokens, temperature, top_p, greedy, compact_fraction):
+    def __init__(
+        self,
+        model,
+        eos_ids,
+        pad_id,
+        max_new_tokens,
+        temperature,
+        top_p,
+        greedy,
+        compact_fraction,
+        compile_decoding,
+    ):
         self.model = model
         self.device = next(model.parameters()).device
         self.eos = torch.tensor(eos_ids, device=self.device)
@@ -211,6 +304,8 @@ class _Decoder:
         self.top_p = top_p
         self.greedy = greedy
         self.compact_fraction = compact_fraction
+        self.static = compile_decoding and _plain_attention(model)
+        self.compiled = self.static and self.device.type == "cuda"
         # ZeRO-3 with sharded parameters: every forward is a collective, so all ranks step together
         from transformers.integrations import is_deepspeed_zero3_enabled
 
@@ -232,13 +327,16 @@ class _Decoder:
         unique = [p for p, first in zip(row_prompts, is_first, strict=True) if first]
         prompt_ids, prompt_mask = batching.pad_sequences(unique, self.pad_id, "left")
         width = prompt_ids.shape[1]
-        cache = self._new_cache(width + self.max_new_tokens)
+        capacity = width + self.max_new_tokens
+        if self.compiled:  # few distinct shapes, so few CUDA graphs to record
+            capacity = -(-capacity // 64) * 64
+        cache = self._new_cache(capacity)
         logits = self._forward(prompt_ids, prompt_mask, cache)
         cache.reorder_cache(owner.to(self.device))  # expand each prompt's cache to its rows
+        if self.static:
+            cache = _static_copy(cache, capacity)
         logits = logits[owner.to(self.device)]
-        mask = torch.zeros(
-            len(row_prompts), width + self.max_new_tokens, dtype=torch.long, device=self.device
-        )
+        mask = torch.zeros(len(row_prompts), capacity, dtype=torch.long, device=self.device)
         mask[:, :width] = prompt_mask[owner]
         positions = mask.sum(1, keepdim=True)  # position of the next token of each row
         batch = len(row_prompts)
@@ -253,7 +351,8 @@ class _Decoder:
             finished |= torch.isin(tokens, self.eos.cpu())
             if step == self.max_new_tokens - 1 or self._all_done(bool(finished.all())):
                 break
-            if int(finished.sum()) >= max(1, self.compact_fraction * len(live)) and len(live) > 1:
+            compact = not self.static and len(live) > 1  # a static cache keeps its batch
+            if compact and int(finished.sum()) >= max(1, self.compact_fraction * len(live)):
                 keep = (~finished).nonzero().squeeze(1)
                 if keep.numel() == 0:  # synced and done here: keep one row to step along with the others
                     keep = keep.new_zeros(1)
@@ -263,8 +362,10 @@ class _Decoder:
             stats.decode_positions += len(live)
             stats.wasted_positions += int(finished.sum())
             mask[:, width + step] = 1
-            logits = self._forward(
-                tokens[:, None].to(self.device), mask[:, : width + step + 1], cache, positions
+            step_mask = mask if self.static else mask[:, : width + step + 1]  # static: every column
+            forward = _compiled_forward() if self.compiled else _decode_forward
+            logits = forward(
+                self.model, self.cache_arg, tokens[:, None].to(self.device), step_mask, cache, positions
             )
             positions = positions + 1
         prompts = prompt_ids[owner]
@@ -276,25 +377,15 @@ class _Decoder:
         """A KV cache that writes in place into buffers of `capacity` positions, when every layer of the
         model is plain attention; else the model's own `DynamicCache` (which grows by concatenation)."""
         config = self.model.config.get_text_config(decoder=True)
-        layer_types = getattr(config, "layer_types", None) or ["full_attention"]
-        if not set(layer_types) <= {"full_attention", "sliding_attention"}:
+        if not _plain_attention(self.model, allow_sliding=True):
             return DynamicCache(config=self.model.config)
         return Cache(layers=[_BufferLayer(capacity) for _ in range(config.num_hidden_layers)])
 
-    def _forward(self, input_ids: Tensor, mask: Tensor, cache: DynamicCache, positions: Tensor | None = None):
-        """Logits (B, V) float32 of the last position; `positions` (B, 1): position ids of a decode step."""
+    def _forward(self, input_ids: Tensor, mask: Tensor, cache: Cache) -> Tensor:
+        """The prefill of left-padded prompts (B, W): logits (B, V) float32 of their last position."""
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-        if positions is None:  # prefill of left-padded prompts
-            positions = (mask.cumsum(1) - 1).clamp(min=0)
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
-            **{self.cache_arg: cache},
-        )
-        return out.logits[:, -1].float()
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        return _decode_forward(self.model, self.cache_arg, input_ids, mask, cache, positions)
 
     def _pick(self, logits: Tensor, draws: list[float]) -> Tensor:
         """One token per row: the argmax when greedy, else inverse-CDF sampling of
@@ -320,6 +411,45 @@ class _Decoder:
         flag = torch.tensor([0.0 if done_here else 1.0], device=self.device)
         dist.all_reduce(flag)
         return float(flag) == 0.0
+
+
+def _plain_attention(model, allow_sliding: bool = False) -> bool:
+    """Whether every layer of `model` is plain (full, or with `allow_sliding` sliding-window) attention."""
+    config = model.config.get_text_config(decoder=True)
+    allowed = {"full_attention", "sliding_attention"} if allow_sliding else {"full_attention"}
+    return set(getattr(config, "layer_types", None) or ["full_attention"]) <= allowed
+
+
+def _decode_forward(model, cache_arg: str, input_ids: Tensor, mask: Tensor, cache: Cache, positions: Tensor):
+    """Logits (B, V) float32 of the last position of `input_ids` (B, T), writing their keys and values
+    into `cache`; `positions` (B, T) are their position ids."""
+    out = model(
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=positions,
+        use_cache=True,
+        logits_to_keep=1,
+        **{cache_arg: cache},
+    )
+    return out.logits[:, -1].float()
+
+
+@functools.cache
+def _compiled_forward():
+    """`_decode_forward` compiled once per process with CUDA graphs (shapes: the static cache's)."""
+    return torch.compile(_decode_forward, mode="reduce-overhead")
+
+
+def _static_copy(cache: Cache, capacity: int) -> Cache:
+    """A transformers static cache (fixed addresses, as CUDA graphs need) of `capacity` positions holding
+    what `cache` (of `_BufferLayer`s) holds."""
+    static = Cache(layers=[StaticLayer(capacity) for _ in cache.layers])
+    for source, target in zip(cache.layers, static.layers, strict=True):
+        target.lazy_initialization(source.keys, source.values)
+        target.keys[:, :, : source.length].copy_(source.keys)
+        target.values[:, :, : source.length].copy_(source.values)
+        target.cumulative_length.fill_(source.length)
+    return static
 
 
 def _same(a: Tensor, b: Tensor) -> bool:

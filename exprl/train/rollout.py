@@ -97,6 +97,7 @@ def generate(
             temperature=r.temperature,
             top_p=r.top_p,
             prompt_seeds=[stream_seed(cfg.seed, step, index) for index in global_indices],
+            compile_decoding=r.compile_decoding,
         )
     out = RolloutGroups(
         problems=[problems[s.prompt_index] for s in samples],
