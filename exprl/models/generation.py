@@ -106,37 +106,10 @@ def sample(
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[str],
     num_samples: int,
-    *,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    greedy: bool = False,
-    batch_size: int | None = None,
-    generator_seed: int | None = None,
-    prompt_seeds: Sequence[int] | None = None,
+    **options,
 ) -> list[Sample]:
-    """Generate ``num_samples`` completions for each prompt, returned prompt-major
-    (all samples of prompt 0, then prompt 1, ...), so sample ``i`` belongs to prompt ``i // num_samples``.
-
-    Rows are decoded ``batch_size`` at a time (default: all at once). Sample ``j`` of prompt ``i`` draws
-    from the stream ``stream_seed(prompt_seeds[i], j)`` when ``prompt_seeds`` is given, else
-    ``stream_seed(stream_seed(generator_seed, i), j)``; without either, the base seed is drawn from
-    torch's global RNG. The caller's RNG state is left alone when a seed is given. ``greedy`` ignores
-    ``temperature`` and ``top_p``.
-    """
-    return sample_with_stats(
-        model,
-        tokenizer,
-        prompts,
-        num_samples,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        greedy=greedy,
-        batch_size=batch_size,
-        generator_seed=generator_seed,
-        prompt_seeds=prompt_seeds,
-    )[0]
+    """`sample_with_stats` without the cost: the samples alone. `options` are its keyword arguments."""
+    return sample_with_stats(model, tokenizer, prompts, num_samples, **options)[0]
 
 
 def sample_with_stats(
@@ -155,8 +128,16 @@ def sample_with_stats(
     compact_fraction: float = 0.25,
     compile_decoding: bool = False,
 ) -> tuple[list[Sample], DecodeStats]:
-    """`sample`, and what it cost (`DecodeStats`); ``compact_fraction`` and ``compile_decoding`` as in
-    `sample_tokens`."""
+    """Generate ``num_samples`` completions for each prompt, returned prompt-major (all samples of
+    prompt 0, then prompt 1, ...), so sample ``i`` belongs to prompt ``i // num_samples``; and what it
+    cost (`DecodeStats`).
+
+    Rows are decoded ``batch_size`` at a time (default: all at once). Sample ``j`` of prompt ``i`` draws
+    from the stream ``stream_seed(prompt_seeds[i], j)`` when ``prompt_seeds`` is given, else
+    ``stream_seed(stream_seed(generator_seed, i), j)``; without either, the base seed is drawn from
+    torch's global RNG. The caller's RNG state is left alone when a seed is given. ``greedy`` ignores
+    ``temperature`` and ``top_p``; ``compact_fraction`` and ``compile_decoding`` as in `sample_tokens`.
+    """
     if not isinstance(prompts, list | tuple) or not all(isinstance(p, str) for p in prompts):
         raise TypeError("prompts must be a list of str")
     if prompt_seeds is None:
