@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from exprl.models import generation
 from exprl.models.generation import sample, sample_tokens, sample_with_stats, stream_seed
 from exprl.models.tokenizer import build_tokenizer
 
@@ -248,3 +249,12 @@ def test_bad_sampler_arguments_name_the_argument(stopping_model, tokenizer):
         sample_tokens(stopping_model, [torch.tensor([3])], 1, eos_ids=[], **args)
     with pytest.raises(TypeError, match=r"prompt_ids\[0\] must be a 1-D int64 tensor"):
         sample_tokens(stopping_model, [torch.tensor([[3]])], 1, eos_ids=[1], **args)
+
+
+def test_a_draw_next_to_one_stays_inside_the_nucleus(stopping_model):
+    """A uniform draw just below 1 rounds to 1.0 in float32: it must still pick a token of the nucleus
+    (its last one), never one past it."""
+    decoder = generation._Decoder(stopping_model, [1], 0, 1, 1.0, 0.5, False, 0.25, False)
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0], [0.0, 0.0, 0.0, 0.0]])
+    # probabilities 0.64, 0.24, 0.09, 0.03: top-p 0.5 keeps token 0; the uniform row keeps tokens 0 and 1
+    assert decoder._pick(logits, [1 - 2**-40, 1 - 2**-40]).tolist() == [0, 1]

@@ -382,9 +382,10 @@ class _Decoder:
         cdf = probs.cumsum(-1)
         total = cdf[:, -1:]
         u = torch.tensor(draws, dtype=cdf.dtype, device=cdf.device)[:, None] * total
-        token = torch.searchsorted(cdf, u, right=True).squeeze(1)
-        # u rounded up to the total lands past the last token of positive probability: step back to it
-        return torch.minimum(token, (cdf < total).sum(-1))
+        # strictly below the total (a draw near 1 may round up to it), the first cdf entry above u is a
+        # token of positive probability
+        u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))
+        return torch.searchsorted(cdf, u, right=True).squeeze(1)
 
     def _all_done(self, done_here: bool) -> bool:
         if not self.synced:
