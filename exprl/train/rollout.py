@@ -43,8 +43,6 @@ class RolloutGroups:
         return len(self.texts)
 
 
-
-
 @contextlib.contextmanager
 def generation_mode(engine, gather_parameters: bool) -> Iterator[torch.nn.Module]:
     """The policy module, ready for sampling under ZeRO-3.
