@@ -260,41 +260,32 @@ def sample_tokens(
     return out
 
 
+@dataclass(eq=False)
 class _Decoder:
     """One batched decode of a list of prompt rows (consecutive equal prompts share their prefill)."""
 
-    def __init__(
-        self,
-        model,
-        eos_ids,
-        pad_id,
-        max_new_tokens,
-        temperature,
-        top_p,
-        greedy,
-        compact_fraction,
-        compile_decoding,
-    ):
-        self.model = model
-        self.device = next(model.parameters()).device
-        self.eos = torch.tensor(eos_ids, device=self.device)
-        self.eos_ids = eos_ids
-        self.pad_id = pad_id
-        self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
-        self.top_p = top_p
-        self.greedy = greedy
-        self.compact_fraction = compact_fraction
-        self.static = compile_decoding and _plain_attention(model)
+    model: PreTrainedModel
+    eos_ids: list[int]
+    pad_id: int
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    greedy: bool
+    compact_fraction: float
+    compile_decoding: bool
+
+    def __post_init__(self):
+        self.device = next(self.model.parameters()).device
+        self.eos = torch.tensor(self.eos_ids, device=self.device)
+        self.static = self.compile_decoding and _plain_attention(self.model)
         self.compiled = self.static and self.device.type == "cuda"
         # ZeRO-3 with sharded parameters: every forward is a collective, so all ranks step together
         from transformers.integrations import is_deepspeed_zero3_enabled
 
         self.synced = dist.is_initialized() and dist.get_world_size() > 1 and is_deepspeed_zero3_enabled()
         # transformers 5.x names the cache argument `cache` (`past_key_values` goes in 5.40); 4.x does not
-        self.cache_arg = (
-            "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        )
+        parameters = inspect.signature(self.model.forward).parameters
+        self.cache_arg = "cache" if "cache" in parameters else "past_key_values"
 
     def run(
         self, row_prompts: list[Tensor], streams: list[random.Random]
