@@ -318,13 +318,23 @@ def entropy_pg_loss(
 ) -> PGLossOutput:
     """Clipped policy-gradient loss with KL penalty and entropy bonus, fused over the vocabulary.
 
-    logits: (N, V) or (B, T, V), float32/bfloat16/float16, CPU or CUDA.
+    logits: (N, V), (B, T, V), or (B, T+1, V) as causal LMs return them (the last position is ignored
+        and gets gradient 0); float32/bfloat16/float16, CPU or CUDA. Any strides on the leading dims
+        are read in place (pass the (B, T+1, V) tensor itself, not `logits[:, :-1]`: autograd turns a
+        view's gradient into a second N x V buffer).
     target_ids: (N,) or (B, T) int64, ignore_index -100 marks masked tokens.
     advantages: shape of target_ids, or (B,) broadcast over T, or with packed input one per sequence,
         (S,) or (S, 1); (S,) is refused where it is ambiguous (S == N, some sequence not of length 1).
     mask, old_logprobs, ref_logprobs: shape of target_ids (mask bool or float).
     The scalar options are the fields of `LossOptions`; see DESIGN.md §3 for the math.
     Returns `PGLossOutput` (loss differentiable w.r.t. logits only).
+
+    Where this differs from other trainers with the same option names:
+    - seq-mean-token-sum-norm divides the sum of token losses by S * max_len (S sequences);
+      verl divides by max_len only, so its loss is S times ours.
+    - S, the number of sequences in the seq-mean modes, counts only sequences with at least one
+      unmasked token; TRL and Liger-Kernel average over all sequences, fully masked ones included.
+    - Neither the log-ratio of the PPO ratio nor the k3 estimate is clamped; verl clamps both.
     """
     logits, target_ids = _check_logits_and_targets(logits, target_ids)
     device, shape = logits.device, target_ids.shape
