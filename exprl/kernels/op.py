@@ -93,9 +93,12 @@ def _is_shifted(logits: torch.Tensor, target_ids: torch.Tensor) -> bool:
     )
 
 
-def _target_rows(logits: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
-    """The logits of the positions that have a target: a view (no copy) without the shifted-off position."""
-    return logits[:, : target_ids.shape[1]] if _is_shifted(logits, target_ids) else logits
+def _target_rows(logits: torch.Tensor, rows: int) -> torch.Tensor:
+    """The logits of the `rows` positions that have a target: all of them, or, of checked (B, T+1, V)
+    logits with B * T targets, the first T positions of each sequence (a view, no copy)."""
+    if logits.dim() == 3 and logits.shape[0] * logits.shape[1] != rows:
+        return logits[:, : rows // logits.shape[0]]
+    return logits
 
 
 def _unit_vocab_stride(logits: torch.Tensor) -> torch.Tensor:
@@ -205,21 +208,21 @@ def _loss_forward(
     backend: str,
     compute_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """logits (N, V), (B, T, V) or (B, T+1, V), any strides but unit over V; targets (N,) or (B, T)
-    int64; weights, advantages, old/ref (rows,) fp32; options: `LossOptions.encode()`.
+    """logits (N, V), (B, T, V) or (B, T+1, V), any strides but unit over V; targets, weights,
+    advantages, old/ref (rows,): int64 targets, the rest fp32; options: `LossOptions.encode()`.
     compute_grad: fill dlogits for backward (else it is empty).
 
     Returns (loss 0-dim fp32, differentiable w.r.t. logits; then per row, (rows,) fp32: logprobs,
     entropy, ratio, clipped (0/1), kl; then dlogits, the logits' shape and dtype, for backward only).
     """
     opts = LossOptions.decode(options)
-    rows = _target_rows(logits, targets)
-    tokens = TokenInputs(targets.reshape(-1), weights, advantages, old_logprobs, ref_logprobs)
+    rows = _target_rows(logits, len(targets))
+    tokens = TokenInputs(targets, weights, advantages, old_logprobs, ref_logprobs)
     dlogits = grad_rows = None
     if compute_grad:
         # the one N x V buffer of the op; a shifted-off last position gets gradient 0
         dlogits = torch.empty_like(logits, memory_format=torch.contiguous_format)
-        grad_rows = _target_rows(dlogits, targets)
+        grad_rows = _target_rows(dlogits, len(targets))
         if grad_rows.shape != dlogits.shape:
             dlogits[:, grad_rows.shape[1] :].zero_()
     logp, entropy = load_backend(backend).sweep(rows, tokens, opts, grad_rows)
@@ -236,7 +239,7 @@ _loss_op = torch.library.custom_op("exprl::entropy_pg_loss", mutates_args=())(_l
 
 @_loss_op.register_fake
 def _(logits, targets, weights, advantages, old_logprobs, ref_logprobs, options, backend, compute_grad):
-    rows = targets.numel()
+    rows = targets.shape[0]
     per_row = [logits.new_empty(rows, dtype=torch.float32) for _ in range(5)]
     dlogits = logits.new_empty(logits.shape) if compute_grad else logits.new_empty(0)
     return (logits.new_empty((), dtype=torch.float32), *per_row, dlogits)
@@ -286,7 +289,7 @@ def logprobs_and_entropy(
     logits, target_ids = _check_logits_and_targets(logits, target_ids)
     temperature = check_number("temperature", temperature, low=0.0, strict=True)
     backend = _resolve_backend(backend, logits)
-    rows = _target_rows(logits, target_ids)
+    rows = _target_rows(logits, target_ids.numel())
     if backend == "eager":
         return reference.logprobs_and_entropy(rows, target_ids, temperature=temperature)
     logp, entropy = _logprobs_op(
@@ -363,7 +366,7 @@ def entropy_pg_loss(
     backend = _resolve_backend(backend, logits)
     if backend == "eager":
         return reference.entropy_pg_loss(
-            _target_rows(logits, target_ids),
+            _target_rows(logits, target_ids.numel()),
             target_ids,
             advantages,
             mask=mask,
@@ -385,7 +388,7 @@ def entropy_pg_loss(
     compute_grad = logits.requires_grad and torch.is_grad_enabled()
     loss, logp, entropy, ratio, clipped, kl, _ = _loss_op(
         _unit_vocab_stride(logits),
-        target_ids,
+        target_ids.reshape(-1),
         flat(weights),
         flat(per_token_adv),
         flat(old_logprobs),
