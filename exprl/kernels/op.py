@@ -329,7 +329,7 @@ def entropy_pg_loss(
     advantages: shape of target_ids, or (B,) broadcast over T, or with packed input one per sequence,
         (S,) or (S, 1); (S,) is refused where it is ambiguous (S == N, some sequence not of length 1).
     mask, old_logprobs, ref_logprobs: shape of target_ids (mask bool or float).
-    The scalar options are the fields of `LossOptions`; see DESIGN.md §3 for the math.
+    The scalar options are the fields of `LossOptions`; see docs/design.md §3 for the math.
     Returns `PGLossOutput` (loss differentiable w.r.t. logits only).
 
     Where this differs from other trainers with the same option names:
