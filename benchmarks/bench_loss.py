@@ -111,7 +111,7 @@ def _liger_loss(x, inputs):
     loss, _ = grpo.triton_grpo_loss(
         x, inputs["old"], inputs["ref"], inputs["targets"], inputs["sequence_advantages"],
         temperature=1.0, beta=OPTIONS["kl_coef"], eps_low=OPTIONS["clip_low"], eps_high=OPTIONS["clip_high"],
-        inplace=False, loss_type="dapo",
+        inplace=False, loss_type="dapo", reduce=True,
     )  # fmt: skip
     return loss
 
