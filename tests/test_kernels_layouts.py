@@ -192,3 +192,16 @@ def test_torch_path_fwd_bwd_of_shifted_logits_needs_only_the_gradient():
     assert peak_shifted <= peak_contiguous + extra_rows
     # and it is the gradient plus the fixed chunk buffers (two fp32 chunks) and O(N) vectors
     assert peak_shifted <= grad_bytes + 2 * 4 * CHUNK_ELEMENTS + 64 * b * t * 4
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_logits_strided_over_the_vocabulary_are_copied_once_and_read_right(backend):
+    # the fused backends need unit stride over V: such logits are made contiguous first (the one copy)
+    logits, targets, advantages, options = _problem(seed=4)
+    interleaved = torch.stack([logits[:, :T], torch.full_like(logits[:, :T], float("nan"))], dim=-1)
+    leaf = interleaved.requires_grad_()
+    got = entropy_pg_loss(leaf[..., 0], targets, advantages, backend=backend, **options)
+    got.loss.backward()
+    want, want_grad = _reference(logits[:, :T], targets, advantages, options)
+    _check(got, leaf.grad[..., 0], want, want_grad)
+    assert (leaf.grad[..., 1] == 0).all()
