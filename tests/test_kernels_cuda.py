@@ -104,7 +104,8 @@ def test_shifted_logits_cost_no_copy_and_no_more_memory_than_contiguous():
     peak_contiguous = _peak_fwd_bwd_mib(contiguous, targets, advantages, options)
     peak_shifted = _peak_fwd_bwd_mib(shifted, targets, advantages, options)
     extra_rows_mib = b * VOCAB * 2 / 2**20  # the (B, T+1, V) gradient has B rows more
-    assert peak_shifted <= peak_contiguous + extra_rows_mib + 1, (peak_shifted, peak_contiguous)
+    # + 4 MiB: the caching allocator rounds large blocks to 2 MiB
+    assert peak_shifted <= peak_contiguous + extra_rows_mib + 4, (peak_shifted, peak_contiguous)
 
     x = shifted.clone().requires_grad_()
     out = entropy_pg_loss(x, targets, advantages, backend="triton", **options)
