@@ -60,7 +60,8 @@ class RolloutConfig:
     # training); False = sample from sharded parameters, all ranks in lockstep (less memory, slower)
     gather_parameters: bool = True
     # static KV cache, and on CUDA decode steps compiled with CUDA graphs (full-attention models only;
-    # finished rows are not compacted out): see exprl.models.generation.sample_tokens
+    # finished rows are not compacted out): see exprl.models.generation.sample_tokens. Not yet run on a
+    # GPU (benchmarks/gpu_check.sh trains with it on): off by default
     compile_decoding: bool = False
 
 
