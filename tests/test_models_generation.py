@@ -42,13 +42,17 @@ def model(tokenizer):
     return tiny_llama(tokenizer, max_position_embeddings=64, initializer_range=0.5)
 
 
-@pytest.fixture(scope="module")
-def stopping_model(tokenizer):
+def stopping_llama(tokenizer) -> LlamaForCausalLM:
     """Digits end a response too, so rows finish at different steps and the batch gets compacted."""
     model = tiny_llama(tokenizer, max_position_embeddings=128)
     digits = tokenizer.convert_tokens_to_ids(list("0123456789"))
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, *digits]
     return model
+
+
+@pytest.fixture(scope="module")
+def stopping_model(tokenizer):
+    return stopping_llama(tokenizer)
 
 
 def _manual_greedy(model, prompt_ids: list[int], steps: int) -> list[int]:
@@ -258,3 +262,18 @@ def test_a_draw_next_to_one_stays_inside_the_nucleus(stopping_model):
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0], [0.0, 0.0, 0.0, 0.0]])
     # probabilities 0.64, 0.24, 0.09, 0.03: top-p 0.5 keeps token 0; the uniform row keeps tokens 0 and 1
     assert decoder._pick(logits, [1 - 2**-40, 1 - 2**-40]).tolist() == [0, 1]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_compiled_decoding_on_cuda_draws_the_same_responses(tokenizer):
+    """compile_decoding on CUDA: the static cache's decode steps through torch.compile (CUDA graphs),
+    recorded by the first call and replayed by the second; the same responses as the default path."""
+    model = stopping_llama(tokenizer).cuda()
+    plain = sample(model, tokenizer, FOUR, 4, max_new_tokens=20, generator_seed=4)
+    compiled = [
+        sample(model, tokenizer, FOUR, 4, max_new_tokens=20, generator_seed=4, compile_decoding=True)
+        for _ in range(2)
+    ]
+    assert responses(compiled[0]) == responses(plain)
+    assert responses(compiled[1]) == responses(plain)
