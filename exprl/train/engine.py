@@ -202,7 +202,7 @@ def fused_linear_head(model: torch.nn.Module, setting: str | bool, key: str = "a
 def forward_hidden(engine: Any, batch: Any, positions: Tensor) -> Tensor:
     """The final hidden states (R, H) of the R positions where `positions` (B, L) bool is True, in (b, t)
     order, from the forward of `engine` (a DeepSpeed engine, so that its ZeRO-3 hooks and backward
-    prologue run; or a bare Hugging Face model) for `batch` (a `RolloutBatch`), with no logits computed:
+    prologue run; or a bare Hugging Face model) for `batch` (a padded `TrainingBatch`), no logits computed:
     `logits_to_keep=positions` makes the model select those rows before its lm_head, and a hook takes them
     there and hands the lm_head an empty slice instead.
 
