@@ -1,6 +1,6 @@
 """The unit of work of every stream: one problem with its hidden reference solution."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 STEP_DELIMITER = " ### "
 ANSWER_PREFIX = "Answer: "
@@ -22,6 +22,8 @@ class Problem:
     family: str = "custom"
     level: int = 0
     split: str = "train"
+    # where it was read ("file.jsonl:12", "file.parquet: row 3"), for error messages; not compared
+    origin: str = field(default="", compare=False)
 
 
 def format_reference(steps: tuple[str, ...], answer: str) -> str:
