@@ -10,7 +10,12 @@ __all__ = ["TrainConfig", "load_config", "run"]
 
 
 def run(config: TrainConfig) -> pathlib.Path:
-    """Train by `config` and return the run directory (runs/<name>/)."""
+    """Train by `config` and return the run directory (runs/<name>/). The run holds its directory's lock
+    (`exprl.train.lock`) throughout: a second run on the same name fails at once."""
+    from exprl.train.engine import init_distributed
+    from exprl.train.lock import hold_run_lock
     from exprl.train.loop import run as _run
 
-    return _run(config)
+    init_distributed()
+    with hold_run_lock(config.run_dir):
+        return _run(config)
