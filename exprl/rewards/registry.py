@@ -18,17 +18,28 @@ REWARDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_reward(name: str, **options) -> RewardSource:
-    """The reward source `name` built with `options` (its constructor's keyword arguments).
-
-    Unknown names and options raise, listing what is accepted.
-    """
+def reward_class(name: str) -> type:
+    """The class registered as `name` (imported, not built); ValueError listing the names otherwise."""
     if name not in REWARDS:
         raise ValueError(f"unknown reward {name!r}; choose one of {sorted(REWARDS)}")
     module, cls_name = REWARDS[name]
-    cls = getattr(importlib.import_module(module), cls_name)
+    return getattr(importlib.import_module(module), cls_name)
+
+
+def build_reward(name: str, *, call_timeout_s: float | None = None, **options) -> RewardSource:
+    """The reward source `name` built with `options` (its constructor's keyword arguments).
+
+    With `call_timeout_s`, a reward whose class sets `may_hang = True` (it runs code that may never
+    return) scores each rollout in a worker process that is killed after that many seconds
+    (`exprl.rewards.isolated.IsolatedReward`). Unknown names and options raise, listing what is accepted.
+    """
+    cls = reward_class(name)
     accepted = [p for p in inspect.signature(cls).parameters if p != "self"]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise TypeError(f"reward {name!r} takes no option(s) {unknown}; it takes {accepted}")
+    if call_timeout_s is not None and getattr(cls, "may_hang", False):
+        from exprl.rewards.isolated import IsolatedReward
+
+        return IsolatedReward(name, options, call_timeout_s)
     return cls(**options)

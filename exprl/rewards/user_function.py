@@ -38,6 +38,7 @@ class PythonReward:
 
     name = "python"
     granularity = "response"
+    may_hang = True  # user code: the trainer runs it in a worker killed after reward.timeout_s
 
     def __init__(self, path: str) -> None:
         self.path = path

@@ -44,6 +44,8 @@ class RewardConfig:
     delimiter: str = "###"
     options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for build_reward
     sparse: str = "exact"  # the verifier behind reward/sparse and pass_rate (metrics)
+    # seconds one call of a python reward or a math verifier may take; past it the rollout is dropped
+    timeout_s: float = 60.0
 
 
 @dataclass
@@ -221,6 +223,8 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
         fail("rollout.temperature", f"must be > 0, got {r.temperature}")
     if not 0 < r.top_p <= 1:
         fail("rollout.top_p", f"must be in (0, 1], got {r.top_p}")
+    if cfg.reward.timeout_s <= 0:
+        fail("reward.timeout_s", f"must be > 0, got {cfg.reward.timeout_s}")
     if cfg.eval.temperature < 0:
         fail("eval.temperature", f"must be >= 0 (0 = greedy), got {cfg.eval.temperature}")
     from exprl.rewards import REWARDS

@@ -140,10 +140,14 @@ def score(rollouts: Rollouts, judge: RewardSource, verifier: RewardSource) -> No
 
 def build_rewards(cfg: TrainConfig) -> tuple[RewardSource, RewardSource]:
     """(judge, sparse verifier) from `cfg.reward`. Judges get the mode and delimiter; verifiers grade the
-    final answer only."""
+    final answer only. Rewards that may never return get `reward.timeout_s` per call."""
     from exprl.rewards import build_reward
 
     options = dict(cfg.reward.options)
     if cfg.reward.name in JUDGES:  # judges grade against the reference, per response or per segment
         options.update(mode=cfg.reward.mode, delimiter=cfg.reward.delimiter)
-    return build_reward(cfg.reward.name, **options), build_reward(cfg.reward.sparse)
+    limit = cfg.reward.timeout_s
+    return (
+        build_reward(cfg.reward.name, call_timeout_s=limit, **options),
+        build_reward(cfg.reward.sparse, call_timeout_s=limit),
+    )
