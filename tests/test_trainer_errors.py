@@ -1,5 +1,7 @@
 """Bad input never hangs: a clear error naming what is wrong, or a dropped rollout where the contract says."""
 
+import re
+
 import pytest
 import torch
 from trainer_fixtures import make_tiny_model, read_records, tiny_config
@@ -36,13 +38,31 @@ def test_too_few_training_problems(model, tmp_path):
 
 
 @pytest.mark.slow
-def test_ungraded_rollouts_are_dropped_and_the_run_goes_on(model, tmp_path):
+def test_ungraded_rollouts_are_dropped_counted_and_the_run_goes_on(model, tmp_path, capfd):
     reward = tmp_path / "judge.py"
-    reward.write_text("def never(problem, response):\n    return None\n")
-    cfg = tiny_config(model, tmp_path, "reward.name=python", f"reward.options={{path: '{reward}:never'}}")
+    # every other call is ungraded: 4 of the 8 rollouts of each step (one worker serves the whole run)
+    reward.write_text(
+        "calls = [0]\ndef half(problem, response):\n    calls[0] += 1\n    return calls[0] % 2 or None\n"
+    )
+    cfg = tiny_config(
+        model,
+        tmp_path,
+        "reward.name=python",
+        f"reward.options={{path: '{reward}:half'}}",
+        "reward.warn_drop_rate=0.25",
+    )
     records = read_records(run(cfg))
-    assert [r["dropped_rollouts"] for r in records] == [8.0, 8.0]  # 2 prompts x 4 samples, every step
-    assert all(r["loss"] == 0.0 and r["grad_norm"] == 0.0 for r in records)  # nothing left to learn from
+    assert [r["dropped_rollouts"] for r in records] == [4.0, 4.0]
+    assert [r["dropped/ungraded"] for r in records] == [4.0, 4.0]
+    assert [r["dropped/timeout"] for r in records] == [0.0, 0.0]
+    warnings = [line for line in capfd.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1  # once, although both steps pass the rate
+    assert re.fullmatch(
+        r"warning: step 1: reward 'python' dropped 4 of 8 rollouts \(ungraded 4\); first failure: reward "
+        rf"function '{re.escape(str(reward))}:half' returned None on problem '[^']+' "
+        r"\(reward.warn_drop_rate=0.25\)",
+        warnings[0],
+    ), warnings
 
 
 @pytest.mark.slow

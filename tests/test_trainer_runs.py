@@ -3,16 +3,19 @@ judge failures that show, checkpoints that load safely."""
 
 import os
 import pathlib
+import re
 import signal
+import socket
 import subprocess
 import sys
 
 import pytest
-from trainer_fixtures import make_tiny_model, tiny_config
+from trainer_fixtures import make_tiny_model, read_records, tiny_config
 
 from exprl.errors import RunError
 from exprl.train import run
 from exprl.train.lock import hold_run_lock
+from exprl.train.report import postfix
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -49,3 +52,75 @@ def test_a_second_run_on_a_locked_directory_fails_at_once(model, tmp_path):
         holder.wait()
     with hold_run_lock(cfg.run_dir):
         pass
+
+
+HANGS = """
+import time
+
+calls = [0]
+
+def every_fourth(problem, response):
+    calls[0] += 1  # a fresh worker (after a kill) counts from 0 again
+    if calls[0] % 4 == 0:
+        time.sleep(3600)
+    return 0.5
+
+def always(problem, response):
+    time.sleep(3600)
+"""
+
+
+def hanging_config(model, tmp_path, function, *extra):
+    path = tmp_path / "hangs.py"
+    path.write_text(HANGS)
+    return tiny_config(
+        model,
+        tmp_path,
+        "reward.name=python",
+        f"reward.options={{path: '{path}:{function}'}}",
+        "reward.timeout_s=0.5",
+        *extra,
+    )
+
+
+@pytest.mark.slow
+def test_a_reward_that_never_returns_stops_the_first_step_with_its_failure(model, tmp_path):
+    cfg = hanging_config(model, tmp_path, "always", "steps=1")
+    with pytest.raises(
+        RunError,
+        match=r"step 1: reward 'python' dropped 8 of 8 rollouts \(timeout 8\); first failure: "
+        r"reward 'python' did not return within reward.timeout_s=0.5 s on problem",
+    ):
+        run(cfg)
+
+
+@pytest.mark.slow
+def test_calls_past_the_time_limit_are_dropped_and_counted(model, tmp_path):
+    records = read_records(run(hanging_config(model, tmp_path, "every_fourth")))
+    # 8 rollouts a step: calls 4 and 8 hang; each kill restarts the count
+    assert [r["dropped/timeout"] for r in records] == [2.0, 2.0]
+    assert [r["dropped_rollouts"] for r in records] == [2.0, 2.0]
+
+
+@pytest.mark.slow
+def test_a_judge_at_a_closed_port_stops_the_run_naming_the_url(model, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the socket is
+    url = f"http://127.0.0.1:{port}/v1"
+    cfg = tiny_config(
+        model, tmp_path, "reward.name=http", f"reward.options={{base_url: '{url}', model: judge, retries: 0}}"
+    )
+    with pytest.raises(
+        RunError,
+        match=r"step 1: reward 'http' dropped 8 of 8 rollouts \(connection_error 8\); first failure: "
+        rf"POST {re.escape(url)}/chat/completions: cannot connect",
+    ):
+        run(cfg)
+
+
+def test_the_progress_bar_shows_drops_and_their_causes():
+    metrics = {"reward/judge": 0.5, "dropped_rollouts": 3.0, "dropped/timeout": 2.0, "dropped/unparsed": 1.0}
+    metrics["dropped/server_error"] = 0.0
+    assert postfix(metrics) == {"reward": "0.5", "drop": "3", "timeout": "2", "unparsed": "1"}
+    assert "drop" not in postfix({"reward/judge": 0.5, "dropped_rollouts": 0.0, "dropped/timeout": 0.0})

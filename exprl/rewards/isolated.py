@@ -144,9 +144,10 @@ class IsolatedReward:
                 )
                 scores.append(None)
                 continue
-            value, counted = reply
+            value, counted, failure = reply
             for key, n in counted.items():
                 self.counters[key] = self.counters.get(key, 0) + n
+            self.first_failure = self.first_failure or failure
             scores.append(value)
         return scores
 
@@ -177,7 +178,8 @@ def serve() -> None:
             _send(replies, ("error", type(error).__name__, _describe(error)))
             continue
         counted = {k: n - before.get(k, 0) for k, n in reward.counters.items() if n != before.get(k, 0)}
-        _send(replies, ("ok", value, counted))
+        failure = getattr(reward, "first_failure", None) if value is None else None
+        _send(replies, ("ok", value, counted, failure))
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ class PythonReward:
         self.path = path
         self.function = load_function(path)
         self.counters: dict[str, int] = {"ungraded": 0}
+        self.first_failure: str | None = None
 
     def score(self, batch: Sequence[Rollout]) -> list[float | None]:
         scores = []
@@ -56,6 +57,9 @@ class PythonReward:
                 ) from error
             if value is None:
                 self.counters["ungraded"] += 1
+                self.first_failure = self.first_failure or (
+                    f"reward function {self.path!r} returned None on problem {rollout.problem.id!r}"
+                )
                 scores.append(None)
                 continue
             if not isinstance(value, numbers.Real):

@@ -46,6 +46,7 @@ class RewardConfig:
     sparse: str = "exact"  # the verifier behind reward/sparse and pass_rate (metrics)
     # seconds one call of a python reward or a math verifier may take; past it the rollout is dropped
     timeout_s: float = 60.0
+    warn_drop_rate: float = 0.5  # warn (once) when a step drops more than this share of its rollouts
 
 
 @dataclass
@@ -225,6 +226,8 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
         fail("rollout.top_p", f"must be in (0, 1], got {r.top_p}")
     if cfg.reward.timeout_s <= 0:
         fail("reward.timeout_s", f"must be > 0, got {cfg.reward.timeout_s}")
+    if not 0 <= cfg.reward.warn_drop_rate <= 1:
+        fail("reward.warn_drop_rate", f"must be in [0, 1], got {cfg.reward.warn_drop_rate}")
     if cfg.eval.temperature < 0:
         fail("eval.temperature", f"must be >= 0 (0 = greedy), got {cfg.eval.temperature}")
     from exprl.rewards import REWARDS

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import pathlib
 import random
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from torch import Tensor
 
 from exprl import batching
 from exprl.data import Problem, load_problems
+from exprl.errors import RunError
 from exprl.kernels import entropy_pg_loss, logprobs_and_entropy
 from exprl.train import advantages, report, rollout
 from exprl.train.config import TrainConfig, batch_layout
@@ -66,8 +68,10 @@ def run(cfg: TrainConfig) -> pathlib.Path:
         "eval_before": None,
     }
     state, logger, bar, saved = report.begin_run(engine, tokenizer, cfg, rank, state)
-    for step in range(state["step"], cfg.steps):
+    first, warned = state["step"], False
+    for step in range(first, cfg.steps):
         metrics = train_step(engine, ref, tokenizer, judge, verifier, problems, cfg, step, state)
+        warned = check_dropped(metrics, judge, cfg, step, first=step == first, warned=warned)
         saved = report.end_step(engine, cfg, state, metrics, logger, bar)
     report.end_run(engine, tokenizer, cfg, state, logger, bar, saved, rank)
     return cfg.run_dir
@@ -121,12 +125,14 @@ def train_step(
         step,
     )
     t1 = time.perf_counter()
+    counters_before = rollout.counter_snapshot(judge, verifier)
     rollout.score(ro, judge, verifier)
     t2 = time.perf_counter()
     token_adv = compute_advantages(ro, tokenizer, cfg)
     train_stats = optimize(engine, ref, ro, token_adv, tokenizer.pad_token_id, cfg)
     t3 = time.perf_counter()
     metrics = rollout_metrics(ro, cfg.rollout.group_size, state)
+    metrics.update(gather_sum(rollout.counter_increments(judge, verifier, counters_before)))
     metrics.update(train_stats)
     gen_tokens = global_sum([float(sum(len(r) for r in ro.response_ids))])[0]
     metrics.update(
@@ -327,6 +333,47 @@ def rollout_metrics(ro: rollout.Rollouts, group_size: int, state: dict[str, Any]
         "prompts/unsolved_became_solved": float(len(became)),
         "prompts/unsolved_seen": float(len(seen_unsolved)),
     }
+
+
+def check_dropped(
+    metrics: dict[str, float], judge, cfg: TrainConfig, step: int, first: bool, warned: bool
+) -> bool:
+    """Make dropped rollouts visible: a first step (of this invocation) that drops every rollout stops the
+    run with the judge's first failure (a wrong URL, a closed port, a reward that always hangs), and the
+    first step past `reward.warn_drop_rate` prints a warning. Returns whether the warning was printed."""
+    total = cfg.rollout.prompts_per_step * cfg.rollout.group_size
+    dropped = metrics["dropped_rollouts"]
+    if not dropped or (warned and not first):
+        return warned
+    failures: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(failures, getattr(judge, "first_failure", None))
+    causes = ", ".join(
+        f"{key.removeprefix('dropped/')} {value:g}"
+        for key, value in metrics.items()
+        if key.startswith("dropped/") and value
+    )
+    what = (
+        f"step {step + 1}: reward {cfg.reward.name!r} dropped {dropped:g} of {total} rollouts ({causes}); "
+        f"first failure: {next((f for f in failures if f), 'not described by the reward')}"
+    )
+    if first and dropped == total:
+        raise RunError(what + ". Nothing is left to train on: check reward.name and reward.options")
+    if not warned and dropped / total > cfg.reward.warn_drop_rate:
+        if dist.get_rank() == 0:
+            print(f"warning: {what} (reward.warn_drop_rate={cfg.reward.warn_drop_rate:g})", file=sys.stderr)
+        return True
+    return warned
+
+
+def gather_sum(local: dict[str, float]) -> dict[str, float]:
+    """Per-key sums over ranks of a dict of floats whose keys may differ between ranks."""
+    everyone: list[dict[str, float]] = [{} for _ in range(dist.get_world_size())]
+    dist.all_gather_object(everyone, local)
+    out: dict[str, float] = {}
+    for counts in everyone:
+        for key, value in counts.items():
+            out[key] = out.get(key, 0.0) + value
+    return out
 
 
 def global_sum(values: list[float]) -> list[float]:

@@ -76,8 +76,18 @@ def end_run(engine, tokenizer, cfg: TrainConfig, state: dict[str, Any], logger, 
 
 
 def postfix(metrics: dict[str, float]) -> dict[str, str]:
-    """The live figures of the progress bar."""
-    return {short: f"{metrics[key]:.3g}" for key, short in POSTFIX_KEYS.items() if key in metrics}
+    """The live figures of the progress bar; when rollouts were dropped, how many and why."""
+    shown = {short: f"{metrics[key]:.3g}" for key, short in POSTFIX_KEYS.items() if key in metrics}
+    if metrics.get("dropped_rollouts"):
+        shown["drop"] = f"{metrics['dropped_rollouts']:g}"
+        shown.update(
+            {
+                k.removeprefix("dropped/"): f"{v:g}"
+                for k, v in metrics.items()
+                if k.startswith("dropped/") and v
+            }
+        )
+    return shown
 
 
 def truncate_metrics(path: pathlib.Path, after_step: int) -> None:

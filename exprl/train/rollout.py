@@ -138,6 +138,25 @@ def score(rollouts: Rollouts, judge: RewardSource, verifier: RewardSource) -> No
     rollouts.correct = [0.0 if c is None else float(c) for c in correct]
 
 
+def counter_increments(
+    judge: RewardSource, verifier: RewardSource, before: dict[str, dict[str, int]]
+) -> dict[str, float]:
+    """What the judge's and the verifier's counters grew by since `before` (`counter_snapshot`), on this
+    rank: "dropped/<cause>" for the judge's causes of a missing grade (timeout, server_error, unparsed...),
+    "judge/<name>" for its other counters (`informational_counters`), "verifier/<name>" for the verifier's."""
+    informational = getattr(judge, "informational_counters", ())
+    out = {}
+    for role, source in (("judge", judge), ("verifier", verifier)):
+        for key, n in source.counters.items():
+            name = f"{role}/{key}" if role == "verifier" or key in informational else f"dropped/{key}"
+            out[name] = float(n - before[role].get(key, 0))
+    return out
+
+
+def counter_snapshot(judge: RewardSource, verifier: RewardSource) -> dict[str, dict[str, int]]:
+    return {"judge": dict(judge.counters), "verifier": dict(verifier.counters)}
+
+
 def build_rewards(cfg: TrainConfig) -> tuple[RewardSource, RewardSource]:
     """(judge, sparse verifier) from `cfg.reward`. Judges get the mode and delimiter; verifiers grade the
     final answer only. Rewards that may never return get `reward.timeout_s` per call."""
