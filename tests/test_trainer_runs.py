@@ -1,6 +1,7 @@
 """Runs that never lose work: one run per directory, rewards that cannot hang, prompts that fit the model,
 judge failures that show, checkpoints that load safely."""
 
+import json
 import os
 import pathlib
 import re
@@ -11,6 +12,7 @@ import sys
 
 import pytest
 from trainer_fixtures import make_tiny_model, read_records, tiny_config
+from transformers import AutoTokenizer
 
 from exprl.errors import RunError
 from exprl.train import run
@@ -124,3 +126,36 @@ def test_the_progress_bar_shows_drops_and_their_causes():
     metrics["dropped/server_error"] = 0.0
     assert postfix(metrics) == {"reward": "0.5", "drop": "3", "timeout": "2", "unparsed": "1"}
     assert "drop" not in postfix({"reward/judge": 0.5, "dropped_rollouts": 0.0, "dropped/timeout": 0.0})
+
+
+def data_with_a_huge_problem(tmp_path) -> pathlib.Path:
+    path = tmp_path / "data.jsonl"
+    lines = [json.dumps({"problem": f"Q: {i}+1\nA: ", "answer": str(i + 1)}) for i in range(3)]
+    lines.insert(2, json.dumps({"problem": "1+" * 50_000 + "1", "answer": "50001"}))  # line 3
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_prompt_longer_than_the_model_is_an_error_naming_file_line_and_lengths(model, tmp_path):
+    data = data_with_a_huge_problem(tmp_path)
+    cfg = tiny_config(model, tmp_path, f"data.train={data}", "rollout.max_new_tokens=12")
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    assert not tokenizer.chat_template  # the model reads the problem bare
+    prompt_tokens = len(tokenizer("1+" * 50_000 + "1")["input_ids"])
+    with pytest.raises(
+        ValueError,
+        match=rf"{re.escape(str(data))}:3: the prompt is {prompt_tokens} tokens; with "
+        rf"rollout.max_new_tokens=12 it needs {prompt_tokens + 12} positions, and the model has 256 "
+        r"\(set data.skip_too_long=true",
+    ):
+        run(cfg)
+
+
+@pytest.mark.slow
+def test_too_long_prompts_can_be_skipped_and_counted(model, tmp_path, capsys):
+    data = data_with_a_huge_problem(tmp_path)
+    run(tiny_config(model, tmp_path, f"data.train={data}", "data.skip_too_long=true", "steps=1"))
+    assert (
+        f"data.skip_too_long: skipped 1 of 4 problems; first: {data}:3: the prompt is"
+        in capsys.readouterr().out
+    )

@@ -35,6 +35,8 @@ class ModelConfig:
 class DataConfig:
     train: str = "builtin:all:3:train:256"  # exprl.data.load_problems source
     shuffle: bool = True
+    # a problem whose prompt + rollout.max_new_tokens exceeds the model's positions: error, or skip it
+    skip_too_long: bool = False
 
 
 @dataclass

@@ -46,13 +46,14 @@ def run(cfg: TrainConfig) -> pathlib.Path:
     rank, world = init_distributed()
     seed_everything(cfg.seed)
     problems = load_problems(cfg.data.train, seed=cfg.seed)
+    _, grad_accum = batch_layout(cfg, world)
+    model, tokenizer = load_policy(cfg)
+    problems = rollout.fit_context(problems, tokenizer, model.config, cfg, announce=rank == 0)
     if len(problems) < cfg.rollout.prompts_per_step:
         raise ValueError(
             f"data.train: {cfg.data.train!r} holds {len(problems)} problems, fewer than "
             f"rollout.prompts_per_step={cfg.rollout.prompts_per_step}"
         )
-    _, grad_accum = batch_layout(cfg, world)
-    model, tokenizer = load_policy(cfg)
     engine = build_engine(model, deepspeed_config(cfg, cfg.algo.micro_batch_size, grad_accum, world))
     ref = None
     if cfg.algo.kl_coef > 0:

@@ -47,6 +47,40 @@ def prompt_text(problem: Problem, tokenizer, chat_template: str) -> str:
     return problem.prompt
 
 
+def fit_context(
+    problems: Sequence[Problem], tokenizer, model_config, cfg: TrainConfig, announce: bool = True
+) -> list[Problem]:
+    """The problems whose prompt plus `rollout.max_new_tokens` fits the model's positions
+    (`max_position_embeddings`; no limit when the model has none). One that does not is a ValueError
+    naming its file, line and the lengths; with `data.skip_too_long` it is left out, and the count of
+    those left out is printed when `announce`."""
+    positions = getattr(model_config, "max_position_embeddings", None)
+    if positions is None:
+        return list(problems)
+    new = cfg.rollout.max_new_tokens
+    if new >= positions:
+        raise ValueError(
+            f"rollout.max_new_tokens={new} leaves no room for a prompt in the model's {positions} positions"
+        )
+    kept, skipped = [], []
+    for problem in problems:
+        length = len(tokenizer(prompt_text(problem, tokenizer, cfg.model.chat_template))["input_ids"])
+        if length + new <= positions:
+            kept.append(problem)
+            continue
+        where = problem.origin or f"{cfg.data.train} (problem {problem.id})"
+        what = (
+            f"{where}: the prompt is {length} tokens; with rollout.max_new_tokens={new} it needs "
+            f"{length + new} positions, and the model has {positions}"
+        )
+        if not cfg.data.skip_too_long:
+            raise ValueError(what + " (set data.skip_too_long=true to skip such problems)")
+        skipped.append(what)
+    if skipped and announce:
+        print(f"data.skip_too_long: skipped {len(skipped)} of {len(problems)} problems; first: {skipped[0]}")
+    return kept
+
+
 def sample_seed(seed: int, step: int, prompt_index: int) -> int:
     """A 63-bit generator seed for one prompt's G samples at `step` (stable across processes)."""
     digest = hashlib.sha256(f"exprl-rollout:{seed}:{step}:{prompt_index}".encode()).digest()
