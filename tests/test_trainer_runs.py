@@ -4,18 +4,22 @@ judge failures that show, checkpoints that load safely."""
 import json
 import os
 import pathlib
+import random
 import re
 import signal
 import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
 from trainer_fixtures import make_tiny_model, read_records, tiny_config
 from transformers import AutoTokenizer
 
 from exprl.errors import RunError
-from exprl.train import run
+from exprl.train import checkpoint, run
+from exprl.train.engine import init_distributed
 from exprl.train.lock import hold_run_lock
 from exprl.train.report import postfix
 
@@ -159,3 +163,52 @@ def test_too_long_prompts_can_be_skipped_and_counted(model, tmp_path, capsys):
         f"data.skip_too_long: skipped 1 of 4 problems; first: {data}:3: the prompt is"
         in capsys.readouterr().out
     )
+
+
+class RunsCodeWhenUnpickled:
+    def __init__(self, marker: pathlib.Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+class CheckpointOnDisk:
+    """An engine stand-in whose DeepSpeed part of the checkpoint always loads."""
+
+    def load_checkpoint(self, ckpt_dir, tag, **_):
+        return f"{ckpt_dir}/{tag}", {}
+
+
+def test_a_checkpoint_file_that_would_run_code_is_refused(tmp_path):
+    init_distributed()
+    tag = tmp_path / "step_000001"
+    tag.mkdir()
+    (tag / "trainer_state.json").write_text('{"step": 1}')
+    marker = tmp_path / "code-ran"
+    torch.save({"python": RunsCodeWhenUnpickled(marker)}, tag / "rng_rank0.pt")
+    with pytest.raises(RunError, match=r"step_000001/rng_rank0\.pt: not an RNG state saved by exprl"):
+        checkpoint.load(CheckpointOnDisk(), tmp_path, "step_000001")
+    assert not marker.exists()
+
+
+def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    np.random.normal()  # numpy caches a second gaussian: part of its state
+    torch.save(checkpoint.rng_state(), tmp_path / "rng.pt")
+    expected = (
+        random.random(),
+        random.gauss(0, 1),
+        np.random.normal(),
+        np.random.rand(),
+        torch.rand(2).tolist(),
+    )
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    checkpoint.load_rng_state(tmp_path / "rng.pt")
+    assert (
+        random.random(),
+        random.gauss(0, 1),
+        np.random.normal(),
+        np.random.rand(),
+        torch.rand(2).tolist(),
+    ) == expected

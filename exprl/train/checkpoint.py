@@ -24,22 +24,51 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from exprl.errors import RunError
+
 LATEST = "latest"
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This process's python / numpy / torch RNG states as tensors and plain numbers, which
+    `torch.load(weights_only=True)` reads back without running any pickled code."""
+    version, words, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state = {
+        "python": {"version": version, "words": torch.tensor(words, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Restore what `rng_state` returned."""
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(py["words"].tolist()), py["gauss"]))
+    keys = npy["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, npy["pos"], npy["has_gauss"], npy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_rng_state(path: pathlib.Path) -> None:
+    """Restore this rank's RNG from `path`. Loaded with `weights_only=True`: a file that holds anything
+    but tensors and plain data is refused, never executed."""
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RunError(f"{path}: not an RNG state saved by exprl ({first_line})") from error
+    set_rng_state(state)
 
 
 def tag_for(step: int) -> str:
@@ -95,5 +124,5 @@ def load(engine: Any, ckpt_dir: pathlib.Path, tag: str) -> dict[str, Any]:
             f"{ckpt_dir / tag}: no RNG state for rank {dist.get_rank()}; was it saved with "
             "another world size?"
         )
-    set_rng_state(torch.load(rank_file, weights_only=False))
+    load_rng_state(rank_file)
     return json.loads((ckpt_dir / tag / "trainer_state.json").read_text())
