@@ -123,38 +123,73 @@ def launcher() -> list[str]:
     return [exe]
 
 
+COMMON = ["steps=3", "checkpoint_every=0", "algo.kl_coef=0.01", "algo.entropy_coef=0.01"]
+TWO_RANKS = [*COMMON, "algo.micro_batch_size=4", "rollout.gather_parameters=false"]
+
+
+def launch(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*launcher(), *args], env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def finish(child: subprocess.Popen) -> None:
+    output, _ = child.communicate(timeout=400)
+    assert child.returncode == 0, output[-3000:]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(toy, tmp_path_factory) -> pathlib.Path:
+    """The toy run on 1 node x 2 ranks; its run directory."""
+    out = tmp_path_factory.mktemp("two")
+    path = toy_config_file(toy, out, "two", *TWO_RANKS)
+    finish(
+        launch("--num_gpus", "2", "--master_port", "29561", "--module", "exprl.train", "--config", str(path))
+    )
+    return out / "two"
+
+
 @pytest.mark.slow
-def test_two_ranks_match_one_rank(toy, tmp_path):
+def test_two_ranks_match_one_rank(toy, tmp_path, two_ranks):
     """The global batch (4 prompts x 8 samples) split over 2 ranks in micro-batches of 4 gives the same
     per-step loss, gradient norm, KL and entropy as 1 rank with micro-batches of 8 (tolerance: fp32
     reduction order, rel 1e-4). The 2 ranks generate from sharded parameters with synced_gpus, the single
     rank from gathered ones: the samples, hence rewards and lengths, must agree too."""
-    common = ["steps=3", "checkpoint_every=0", "algo.kl_coef=0.01", "algo.entropy_coef=0.01"]
-    single = read_records(run(load_config(toy_config_file(toy, tmp_path, "one", *common))))
-    path = toy_config_file(
-        toy, tmp_path, "two", *common, "algo.micro_batch_size=4", "rollout.gather_parameters=false"
-    )
-    result = subprocess.run(
-        [
-            *launcher(),
-            "--num_gpus",
-            "2",
-            "--master_port",
-            "29561",
-            "--module",
-            "exprl.train",
-            "--config",
-            str(path),
-        ],
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    double = read_records(tmp_path / "two")
-    assert yaml.safe_load((tmp_path / "two" / "config.yaml").read_text())["algo"]["micro_batch_size"] == 4
+    single = read_records(run(load_config(toy_config_file(toy, tmp_path, "one", *COMMON))))
+    double = read_records(two_ranks)
+    assert yaml.safe_load((two_ranks / "config.yaml").read_text())["algo"]["micro_batch_size"] == 4
     assert len(double) == len(single) == 3
     for a, b in zip(single, double, strict=True):
         for key in ("loss", "grad_norm", "kl", "entropy", "reward/judge", "response_length", "clip_frac"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), (a["step"], key)
+
+
+@pytest.mark.slow
+def test_two_nodes_match_two_ranks(toy, tmp_path, two_ranks):
+    """Two machines of one rank each, as a user launches them with a hostfile and no ssh (here both on
+    localhost): the same 2-rank world, so every per-step metric equals the 1-node x 2-rank run's."""
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node-a slots=1\nnode-b slots=1\n")
+    path = toy_config_file(toy, tmp_path, "nodes", *TWO_RANKS)
+    nodes = [
+        launch(
+            "--hostfile",
+            str(hostfile),
+            "--no_ssh",
+            f"--node_rank={rank}",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            "29563",
+            "--module",
+            "exprl.train",
+            "--config",
+            str(path),
+        )
+        for rank in (0, 1)
+    ]
+    for node in nodes:
+        finish(node)
+    records, reference = read_records(tmp_path / "nodes"), read_records(two_ranks)
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert [deterministic(r) for r in records] == [deterministic(r) for r in reference]
