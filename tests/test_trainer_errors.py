@@ -1,5 +1,7 @@
 """Bad input never hangs: a clear error naming what is wrong, or a dropped rollout where the contract says."""
 
+import json
+import pathlib
 import re
 
 import pytest
@@ -122,11 +124,36 @@ def test_micro_batches_mask_dropped_rollouts_and_place_advantages():
     assert (mb.advantages[~mb.batch.response_mask] == 0).all()
 
 
-def test_latest_ignores_incomplete_checkpoints(tmp_path):
-    assert checkpoint.latest(tmp_path) is None
-    (tmp_path / "step_000002").mkdir()
-    (tmp_path / "step_000002" / "trainer_state.json").write_text("{}")
-    (tmp_path / "latest").write_text("step_000002")
-    assert checkpoint.latest(tmp_path) == "step_000002"
-    (tmp_path / "latest").write_text("step_000004")  # names a tag that never completed
-    assert checkpoint.latest(tmp_path) is None
+def fake_checkpoint(ckpt_dir, step: int) -> pathlib.Path:
+    directory = ckpt_dir / checkpoint.tag_for(step)
+    directory.mkdir(parents=True)
+    (directory / "trainer_state.json").write_text(json.dumps({"step": step}))
+    (directory / "model_states.pt").write_bytes(bytes(range(256)) * 4)
+    checkpoint.write_manifest(directory)
+    return directory
+
+
+def test_resume_takes_the_newest_intact_checkpoint_and_says_why(tmp_path):
+    assert checkpoint.newest_intact(tmp_path) == (None, [])
+    for step in (1, 2, 3, 4):
+        fake_checkpoint(tmp_path, step)
+    (tmp_path / "latest").write_text("step_000005")  # names a checkpoint that is gone
+    (tmp_path / "tmp-step_000006").mkdir()  # a save that never finished
+    (tmp_path / "step_000004" / "model_states.pt").write_bytes(b"x" * 100)  # truncated
+    (tmp_path / "step_000003" / "trainer_state.json").write_text('{"step": 4}')  # same size, changed
+    tag, passed_over = checkpoint.newest_intact(tmp_path)
+    changed = tmp_path / "step_000003" / "trainer_state.json"
+    assert tag == "step_000002"
+    assert passed_over == [
+        f"step_000005: {tmp_path / 'step_000005'} is missing (named by {tmp_path / 'latest'})",
+        f"step_000004: {tmp_path / 'step_000004' / 'model_states.pt'} holds 100 bytes, 1024 were written",
+        f"step_000003: {changed} differs from what was written (sha256)",
+    ]
+
+
+def test_a_checkpoint_without_its_manifest_is_not_intact(tmp_path):
+    (fake_checkpoint(tmp_path, 1) / "manifest.json").unlink()
+    assert checkpoint.newest_intact(tmp_path) == (
+        None,
+        [f"step_000001: {tmp_path / 'step_000001' / 'manifest.json'} is missing"],
+    )

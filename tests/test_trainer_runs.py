@@ -6,6 +6,7 @@ import os
 import pathlib
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -212,3 +213,49 @@ def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
         np.random.rand(),
         torch.rand(2).tolist(),
     ) == expected
+
+
+def deterministic(record: dict) -> dict:
+    return {k: v for k, v in record.items() if not k.startswith(("time", "throughput/"))}
+
+
+@pytest.mark.slow
+def test_a_missing_latest_checkpoint_resumes_from_the_one_before(model, tmp_path, capsys):
+    first = read_records(run(tiny_config(model, tmp_path, "steps=3", "checkpoint_every=1")))
+    ckpt = tmp_path / "t" / "checkpoints"
+    kept = {p: p.stat().st_mtime_ns for p in ckpt.glob("step_00000[12]/*")}
+    shutil.rmtree(ckpt / "step_000003")
+    records = read_records(run(tiny_config(model, tmp_path, "steps=4", "checkpoint_every=1")))
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert [deterministic(r) for r in records[:3]] == [
+        deterministic(r) for r in first
+    ]  # step 3 exactly again
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # the intact checkpoints were never rewritten
+    assert (
+        f"resume: step_000003: {ckpt / 'step_000003'} is missing (named by {ckpt / 'latest'}); "
+        "resuming from step_000002 instead" in capsys.readouterr().err
+    )
+
+
+@pytest.mark.slow
+def test_a_corrupt_checkpoint_falls_back_and_none_intact_is_an_error(model, tmp_path, capsys):
+    run(tiny_config(model, tmp_path, "steps=2", "checkpoint_every=1"))
+    ckpt = tmp_path / "t" / "checkpoints"
+    (weights,) = (ckpt / "step_000002").glob("*model_states.pt")
+    size = weights.stat().st_size
+    with weights.open("r+b") as f:
+        f.truncate(100)
+    records = read_records(run(tiny_config(model, tmp_path, "steps=2", "checkpoint_every=1")))
+    assert [r["step"] for r in records] == [1, 2]
+    assert (
+        f"resume: step_000002: {weights} holds 100 bytes, {size} were written; resuming from step_000001 "
+        "instead" in capsys.readouterr().err
+    )
+    for state in ckpt.glob("step_*/trainer_state.json"):
+        state.write_text(state.read_text()[:-3])  # a truncated trainer_state.json in every checkpoint
+    metrics = (tmp_path / "t" / "metrics.jsonl").read_text()
+    with pytest.raises(
+        RunError, match=rf"{re.escape(str(ckpt))}: no intact checkpoint to resume from \(step_000002: "
+    ):
+        run(tiny_config(model, tmp_path, "steps=3", "checkpoint_every=1"))
+    assert (tmp_path / "t" / "metrics.jsonl").read_text() == metrics  # nothing lost

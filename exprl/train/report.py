@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import pathlib
+import sys
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from exprl.errors import RunError
 from exprl.train.config import TrainConfig
 from exprl.train.metrics import MetricsLogger
 
@@ -36,7 +38,7 @@ def begin_run(engine, tokenizer, cfg: TrainConfig, rank: int, state: dict[str, A
     from exprl.train.config import save_config
 
     run_dir, ckpt_dir = cfg.run_dir, cfg.run_dir / "checkpoints"
-    tag = checkpoint.latest(ckpt_dir) if cfg.resume == "auto" else None
+    tag = resume_point(ckpt_dir, rank) if cfg.resume == "auto" else None
     if tag is not None:
         state = checkpoint.load(engine, ckpt_dir, tag)
     if rank == 0:
@@ -48,6 +50,26 @@ def begin_run(engine, tokenizer, cfg: TrainConfig, rank: int, state: dict[str, A
     logger = make_logger(run_dir, rank)
     bar = progress(cfg, start=state["step"], enabled=rank == 0 and cfg.progress)
     return state, logger, bar, tag is not None
+
+
+def resume_point(ckpt_dir: pathlib.Path, rank: int) -> str | None:
+    """The checkpoint to resume from, chosen on rank 0 for all ranks: the newest intact one, saying which
+    newer ones were passed over and why; None when the run has none. RunError naming the directory when
+    checkpoints exist but none is intact: training from step 0 would overwrite them."""
+    from exprl.train import checkpoint
+
+    choice: list[Any] = [checkpoint.newest_intact(ckpt_dir) if rank == 0 else None]
+    if dist.get_world_size() > 1:
+        dist.broadcast_object_list(choice, src=0)
+    tag, passed_over = choice[0]
+    if tag is None and passed_over:
+        raise RunError(
+            f"{ckpt_dir}: no intact checkpoint to resume from ({'; '.join(passed_over)}); move the run "
+            "directory away, or start over with resume=never overwrite=true"
+        )
+    if passed_over and rank == 0:
+        print(f"resume: {'; '.join(passed_over)}; resuming from {tag} instead", file=sys.stderr, flush=True)
+    return tag
 
 
 def end_step(engine, cfg: TrainConfig, state: dict[str, Any], metrics: dict[str, float], logger, bar) -> bool:
