@@ -259,3 +259,43 @@ def test_a_corrupt_checkpoint_falls_back_and_none_intact_is_an_error(model, tmp_
     ):
         run(tiny_config(model, tmp_path, "steps=3", "checkpoint_every=1"))
     assert (tmp_path / "t" / "metrics.jsonl").read_text() == metrics  # nothing lost
+
+
+@pytest.mark.slow
+def test_a_changed_config_on_resume_takes_effect_and_is_recorded_or_is_refused(model, tmp_path):
+    run(tiny_config(model, tmp_path, "steps=2", "checkpoint_every=1"))  # tiny_config: optim.lr=1e-3
+    run_dir = tmp_path / "t"
+    records = read_records(
+        run(tiny_config(model, tmp_path, "steps=3", "checkpoint_every=1", "optim.lr=1e-2"))
+    )
+    assert [r["lr"] for r in records] == [1e-3, 1e-3, 1e-2]
+    changes = [json.loads(line) for line in (run_dir / "config_changes.jsonl").read_text().splitlines()]
+    assert changes == [{"from_step": 3, "changes": {"steps": [2, 3], "optim.lr": [1e-3, 1e-2]}}]
+    saved = (run_dir / "config.yaml").read_text()
+    assert "lr: 0.01" in saved and "steps: 3" in saved
+
+    with pytest.raises(
+        ValueError,
+        match=r"<defaults>: cannot resume .*step_000003 with seed \(0 -> 1\), rollout.group_size \(4 -> 2\): "
+        "these keys are fixed for a run's life",
+    ):
+        run(
+            tiny_config(
+                model, tmp_path, "steps=4", "seed=1", "rollout.group_size=2", "algo.micro_batch_size=2"
+            )
+        )
+    assert (run_dir / "config.yaml").read_text() == saved  # config.yaml still describes what ran
+
+
+@pytest.mark.slow
+def test_resume_never_refuses_an_existing_run_unless_told_to_overwrite(model, tmp_path):
+    first = read_records(run(tiny_config(model, tmp_path, "steps=2")))
+    with pytest.raises(
+        RunError, match=rf"{re.escape(str(tmp_path / 't'))} holds a run \(checkpoints, config.yaml"
+    ):
+        run(tiny_config(model, tmp_path, "steps=1", "resume=never"))
+    assert read_records(tmp_path / "t") == first
+    records = read_records(run(tiny_config(model, tmp_path, "steps=1", "resume=never", "overwrite=true")))
+    assert [r["step"] for r in records] == [1]
+    assert deterministic(records[0]) == deterministic(first[0])
+    assert not (tmp_path / "t" / "checkpoints" / "step_000002").exists()

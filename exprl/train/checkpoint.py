@@ -171,11 +171,16 @@ def newest_intact(ckpt_dir: pathlib.Path) -> tuple[str | None, list[str]]:
     return None, passed_over
 
 
-def load(engine: Any, ckpt_dir: pathlib.Path, tag: str) -> dict[str, Any]:
-    """Restore `engine` (model, optimizer, scheduler) and this rank's RNG from `tag`; returns the trainer
-    state saved with it."""
+def trainer_state(ckpt_dir: pathlib.Path, tag: str) -> dict[str, Any]:
+    """The trainer state saved with checkpoint `tag` (data position, counters, the config it ran with)."""
+    return json.loads((ckpt_dir / tag / "trainer_state.json").read_text())
+
+
+def load(engine: Any, ckpt_dir: pathlib.Path, tag: str, load_scheduler: bool = True) -> dict[str, Any]:
+    """Restore `engine` (model, optimizer and, with `load_scheduler`, the lr schedule's position) and this
+    rank's RNG from `tag`; returns the trainer state saved with it."""
     path, _ = engine.load_checkpoint(
-        str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+        str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=load_scheduler
     )
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load checkpoint {ckpt_dir / tag}")
@@ -186,4 +191,4 @@ def load(engine: Any, ckpt_dir: pathlib.Path, tag: str) -> dict[str, Any]:
             "another world size?"
         )
     load_rng_state(rank_file)
-    return json.loads((ckpt_dir / tag / "trainer_state.json").read_text())
+    return trainer_state(ckpt_dir, tag)

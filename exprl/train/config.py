@@ -20,6 +20,9 @@ import yaml
 ADVANTAGES = ("grpo", "process-delta", "process-end", "process-group")
 JUDGES = ("rubric", "hf", "http")  # reward sources that take mode= and delimiter=
 LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+# field metadata of the keys a resumed run may change: they take effect from the step it resumes at, and
+# the change is recorded in runs/<name>/config_changes.jsonl. Every other key is fixed for a run's life.
+CHANGEABLE = {"changeable_on_resume": True}
 
 
 @dataclass
@@ -27,7 +30,7 @@ class ModelConfig:
     path: str = "tiny"  # a local Hugging Face directory; "tiny" = the model shipped in exprl/assets
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 where supported
     attn_implementation: str = "auto"  # auto: flash_attention_2 if installed on CUDA, else sdpa
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = field(default=False, metadata=CHANGEABLE)
     chat_template: Literal["auto", "never"] = "auto"  # auto: wrap prompts when the tokenizer has one
 
 
@@ -47,8 +50,9 @@ class RewardConfig:
     options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for build_reward
     sparse: str = "exact"  # the verifier behind reward/sparse and pass_rate (metrics)
     # seconds one call of a python reward or a math verifier may take; past it the rollout is dropped
-    timeout_s: float = 60.0
-    warn_drop_rate: float = 0.5  # warn (once) when a step drops more than this share of its rollouts
+    timeout_s: float = field(default=60.0, metadata=CHANGEABLE)
+    # warn (once) when a step drops more than this share of its rollouts
+    warn_drop_rate: float = field(default=0.5, metadata=CHANGEABLE)
 
 
 @dataclass
@@ -59,7 +63,7 @@ class RolloutConfig:
     top_p: float = 1.0
     max_new_tokens: int = 64
     # ZeRO-3: gather all parameters once per rollout; False = generate with synced_gpus (less memory)
-    gather_parameters: bool = True
+    gather_parameters: bool = field(default=True, metadata=CHANGEABLE)
 
 
 @dataclass
@@ -68,7 +72,8 @@ class AlgoConfig:
     scale: Literal["std", "none"] = "std"  # grpo: divide by the group's std or not
     ppo_epochs: int = 1
     mini_batches: int = 1  # optimizer steps per PPO epoch
-    micro_batch_size: int = 16  # sequences per forward/backward on one rank
+    # sequences per forward/backward on one rank (a memory setting: the gradient does not depend on it)
+    micro_batch_size: int = field(default=16, metadata=CHANGEABLE)
     clip_low: float = 0.2
     clip_high: float = 0.28
     dual_clip: float | None = 3.0
@@ -81,18 +86,18 @@ class AlgoConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-4
+    lr: float = field(default=1e-4, metadata=CHANGEABLE)
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
-    warmup_steps: int = 0
-    grad_clip: float = 1.0
+    warmup_steps: int = field(default=0, metadata=CHANGEABLE)
+    grad_clip: float = field(default=1.0, metadata=CHANGEABLE)
 
 
 @dataclass
 class SFTConfig:
     batch_size: int = 16  # global sequences per optimizer step (steps = the run's `steps`)
-    micro_batch_size: int = 8
+    micro_batch_size: int = field(default=8, metadata=CHANGEABLE)
 
 
 @dataclass
@@ -118,15 +123,19 @@ class TrainConfig:
     """The whole run. Its defaults are the embedded default run (`exprl train` with no arguments):
     ExpRL-Outcome with the rubric judge on the hard level (3) from the shipped tiny model, on CPU."""
 
-    name: str = "exprl-outcome-tiny"
+    name: str = field(default="exprl-outcome-tiny", metadata=CHANGEABLE)  # a plain directory name
     method: Literal["rl", "sft"] = "rl"
     seed: int = 0
-    steps: int = 40  # optimizer steps (rl: one rollout batch each; sft: one sft.batch_size batch each)
-    output_dir: str = "runs"
-    checkpoint_every: int = 20  # 0 = only at the end
-    resume: Literal["auto", "never"] = "auto"  # auto: continue from runs/<name>/checkpoints if present
-    export: bool = True  # Hugging Face export of the final policy to runs/<name>/export
-    progress: bool = True
+    # optimizer steps (rl: one rollout batch each; sft: one sft.batch_size batch each)
+    steps: int = field(default=40, metadata=CHANGEABLE)
+    output_dir: str = field(default="runs", metadata=CHANGEABLE)
+    checkpoint_every: int = field(default=20, metadata=CHANGEABLE)  # 0 = only at the end
+    # auto: continue from the newest intact checkpoint of runs/<name>; never: refuse an existing run
+    # unless overwrite is true (then its directory is emptied first)
+    resume: Literal["auto", "never"] = field(default="auto", metadata=CHANGEABLE)
+    overwrite: bool = field(default=False, metadata=CHANGEABLE)
+    export: bool = field(default=True, metadata=CHANGEABLE)  # Hugging Face export to runs/<name>/export
+    progress: bool = field(default=True, metadata=CHANGEABLE)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -134,8 +143,9 @@ class TrainConfig:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata=CHANGEABLE)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    source = "<defaults>"  # not a field: the YAML file `load_config` read, for error messages
 
     @property
     def run_dir(self) -> pathlib.Path:
@@ -165,6 +175,7 @@ def load_config(path: str | pathlib.Path | None, overrides: list[str] | tuple[st
             )
         raw = loaded or {}
     cfg = _build(TrainConfig, raw, prefix="", source=source)
+    cfg.source = source
     for item in overrides:
         apply_override(cfg, item)
     validate(cfg, source)
@@ -327,6 +338,58 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def save_config(cfg: TrainConfig, path: str | pathlib.Path) -> None:
     pathlib.Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def changes_on_resume(saved: dict[str, Any], cfg: TrainConfig, where: str) -> dict[str, list[Any]]:
+    """{dotted key: [saved value, new value]} for every key whose value in `cfg` differs from `saved` (the
+    config a checkpoint at `where` ran with, as `to_dict` wrote it). Keys that only one of them has (a
+    newer or older exprl) are no change. A changed key that is not CHANGEABLE is a ValueError listing them
+    all, naming the config file."""
+    new_values = to_dict(cfg)
+    changed: dict[str, list[Any]] = {}
+    for key in _leaf_keys(cfg):
+        old, new = saved, new_values
+        for part in key.split("."):
+            if not isinstance(old, dict) or part not in old:
+                break
+            old, new = old[part], new[part]
+        else:
+            if old != new:
+                changed[key] = [old, new]
+    fixed = [k for k in changed if not _is_changeable(cfg, k)]
+    if fixed:
+        listed = ", ".join(f"{k} ({changed[k][0]!r} -> {changed[k][1]!r})" for k in fixed)
+        raise ValueError(
+            f"{cfg.source}: cannot resume {where} with {listed}: these keys are fixed for a run's life. "
+            "Set them back, or start a new run: another name=, or resume=never overwrite=true"
+        )
+    return changed
+
+
+def _leaf_keys(node: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the fields of a config tree that are not themselves dataclasses."""
+    keys = []
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        keys += (
+            _leaf_keys(value, f"{prefix}{f.name}.") if dataclasses.is_dataclass(value) else [prefix + f.name]
+        )
+    return keys
+
+
+def _is_changeable(cfg: TrainConfig, dotted: str) -> bool:
+    """Whether `dotted` (e.g. "optim.lr", "eval.n") is, or lies under, a CHANGEABLE field."""
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(node):
+            return False
+        spec = {f.name: f for f in dataclasses.fields(node)}.get(part)
+        if spec is None:
+            return False
+        if spec.metadata.get("changeable_on_resume"):
+            return True
+        node = getattr(node, part)
+    return False
 
 
 def _build(cls: type, raw: dict[str, Any], prefix: str, source: str) -> Any:

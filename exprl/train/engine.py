@@ -167,6 +167,20 @@ def deepspeed_config(
     return ds
 
 
+def apply_lr(engine: Any, cfg: TrainConfig) -> None:
+    """Make `optim.lr` and `optim.warmup_steps` of `cfg` the ones in force after a checkpoint restored the
+    optimizer with its saved learning rate: the warmup schedule recomputes the rate at its restored
+    iteration (its peak is `cfg`'s), and without one every parameter group gets `optim.lr`. A user's
+    DeepSpeed JSON (`deepspeed.config`) sets its own rates and is left alone."""
+    if cfg.deepspeed.config is not None:
+        return
+    if engine.lr_scheduler is not None:
+        engine.lr_scheduler.step(engine.lr_scheduler.last_batch_iteration)
+    else:
+        for group in engine.optimizer.param_groups:
+            group["lr"] = cfg.optim.lr
+
+
 def build_engine(model: torch.nn.Module, ds_config: dict[str, Any], trainable: bool = True) -> Any:
     """A DeepSpeed ZeRO-3 engine around `model`; `trainable=False` builds the frozen reference
     (sharded the same way, no optimizer, eval mode, no gradients)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 import sys
 from typing import Any
 
@@ -29,27 +30,62 @@ def progress(cfg: TrainConfig, start: int, enabled: bool):
 
 
 def begin_run(engine, tokenizer, cfg: TrainConfig, rank: int, state: dict[str, Any]):
-    """Start or resume a run: load the latest checkpoint (`resume: auto`) over the fresh `state`, write
-    config.yaml, drop metrics logged after that checkpoint, evaluate the policy before training once.
+    """Start or resume a run: load the newest intact checkpoint (`resume: auto`) over the fresh `state`,
+    with the changes `cfg` makes to the config it ran with (only CHANGEABLE keys; recorded in
+    config_changes.jsonl from the resumed step on), write config.yaml, drop metrics logged after that
+    checkpoint, evaluate the policy before training once. `resume: never` refuses a directory that holds
+    a run unless `overwrite` is set, which empties it first.
 
     Returns (state, logger, progress bar, whether `state` is the latest saved checkpoint).
     """
     from exprl.train import checkpoint
-    from exprl.train.config import save_config
+    from exprl.train.config import changes_on_resume, save_config, to_dict
+    from exprl.train.engine import apply_lr
 
     run_dir, ckpt_dir = cfg.run_dir, cfg.run_dir / "checkpoints"
+    if cfg.resume == "never":
+        start_over(run_dir, cfg.overwrite, rank)
     tag = resume_point(ckpt_dir, rank) if cfg.resume == "auto" else None
+    changes: dict[str, list[Any]] = {}
     if tag is not None:
-        state = checkpoint.load(engine, ckpt_dir, tag)
+        ran_with = checkpoint.trainer_state(ckpt_dir, tag).get("config", {})
+        changes = changes_on_resume(ran_with, cfg, str(ckpt_dir / tag))
+        had_schedule = ran_with.get("optim", {}).get("warmup_steps", 0) > 0
+        state = checkpoint.load(
+            engine, ckpt_dir, tag, load_scheduler=had_schedule and cfg.optim.warmup_steps > 0
+        )
+        apply_lr(engine, cfg)
+    state["config"] = to_dict(cfg)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         truncate_metrics(run_dir / "metrics.jsonl", after_step=state["step"])
+        if changes:
+            with (run_dir / "config_changes.jsonl").open("a") as f:
+                f.write(json.dumps({"from_step": state["step"] + 1, "changes": changes}) + "\n")
     if cfg.eval.enabled and state["eval_before"] is None:
         state["eval_before"] = evaluate_policy(engine, tokenizer, cfg, stage="before")
     logger = make_logger(run_dir, rank)
     bar = progress(cfg, start=state["step"], enabled=rank == 0 and cfg.progress)
     return state, logger, bar, tag is not None
+
+
+def start_over(run_dir: pathlib.Path, overwrite: bool, rank: int) -> None:
+    """For `resume: never`: a run directory that holds a run is emptied when `overwrite`, else RunError."""
+    from exprl.train.lock import LOCK_FILE
+
+    held = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE) if run_dir.is_dir() else []
+    if held and not overwrite:
+        raise RunError(
+            f"{run_dir} holds a run ({', '.join(held)}); resume=never would train over it: give this run "
+            "another name=, or add overwrite=true to replace it"
+        )
+    if held and rank == 0:
+        for name in held:
+            path = run_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if dist.get_world_size() > 1:
+        dist.barrier()
 
 
 def resume_point(ckpt_dir: pathlib.Path, rank: int) -> str | None:
