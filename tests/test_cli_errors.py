@@ -33,7 +33,7 @@ def exprl(*args: str, cwd: pathlib.Path) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["train", "steps=0"], "exprl train: <defaults>: steps: must be >= 1, got 0"),
+        (["train", "steps=0"], "exprl train: override: steps: must be >= 1, got 0"),
         (["sft", "no_such_key=1"], "exprl sft: override: unknown key 'no_such_key'"),
         (["train", "--config", "missing.yaml"], "exprl train: config file not found: missing.yaml"),
         (["eval", "--tasks", "nothing.txt"], "exprl eval: --tasks: source 'nothing.txt': expected"),
@@ -51,7 +51,7 @@ def test_debug_shows_the_traceback(tmp_path):
     result = exprl("train", "steps=0", "--debug", cwd=tmp_path)
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in result.stderr
-    assert "ValueError: <defaults>: steps: must be >= 1, got 0" in result.stderr
+    assert "ValueError: override: steps: must be >= 1, got 0" in result.stderr
 
 
 @pytest.mark.slow

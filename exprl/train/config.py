@@ -9,6 +9,7 @@ file (or "override" for command-line values).
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 import types
 import typing
@@ -178,7 +179,7 @@ def load_config(path: str | pathlib.Path | None, overrides: list[str] | tuple[st
     cfg.source = source
     for item in overrides:
         apply_override(cfg, item)
-    validate(cfg, source)
+    validate(cfg, overridden={item.split("=", 1)[0].strip() for item in overrides})
     return cfg
 
 
@@ -205,14 +206,15 @@ def apply_override(cfg: TrainConfig, item: str) -> None:
             node = getattr(node, part)
 
 
-def validate(cfg: TrainConfig, source: str = "<config>") -> None:
-    """Range and consistency checks that types alone do not express; errors name the key and file."""
+def validate(cfg: TrainConfig, overridden: set[str] | frozenset[str] = frozenset()) -> None:
+    """Range and consistency checks that types alone do not express; errors name the key and where its
+    value came from: "override" for the keys in `overridden`, else the config file (`cfg.source`)."""
 
     def fail(key: str, why: str) -> None:
-        raise ValueError(f"{source}: {key}: {why}")
+        raise ValueError(f"{'override' if key in overridden else cfg.source}: {key}: {why}")
 
-    if not cfg.name or "/" in cfg.name:
-        fail("name", f"must be a non-empty name without '/', got {cfg.name!r}")
+    if cfg.name in ("", ".", "..") or any(c in cfg.name for c in "/\\\0"):
+        fail("name", f"must be a plain directory name (not '.', '..', or a path), got {cfg.name!r}")
     if cfg.steps < 1:
         fail("steps", f"must be >= 1, got {cfg.steps}")
     if cfg.checkpoint_every < 0:
@@ -259,8 +261,10 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
         fail("reward.mode", "process scores need a process-* advantage (algo.advantage)")
     if a.loss_agg not in LOSS_AGGS:
         fail("algo.loss_agg", f"unknown {a.loss_agg!r}; choose one of {', '.join(LOSS_AGGS)}")
-    if a.clip_low < 0 or a.clip_high < 0:
-        fail("algo.clip_low/clip_high", "must be >= 0")
+    if not 0 <= a.clip_low < 1:  # the ratio's lower bound 1 - clip_low must stay positive
+        fail("algo.clip_low", f"must be in [0, 1), got {a.clip_low}")
+    if a.clip_high < 0:
+        fail("algo.clip_high", f"must be >= 0, got {a.clip_high}")
     if a.dual_clip is not None and a.dual_clip <= 1:
         fail("algo.dual_clip", f"must be > 1 or null, got {a.dual_clip}")
     for key, v in (
@@ -280,6 +284,8 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
         fail("eval.problems", "list at least one problem source, or set eval.enabled: false")
     if cfg.deepspeed.config is not None and not pathlib.Path(cfg.deepspeed.config).is_file():
         fail("deepspeed.config", f"file not found: {cfg.deepspeed.config}")
+    if cfg.method == "rl":  # the launcher sets WORLD_SIZE: an uneven split fails before a model loads
+        batch_layout(cfg, int(os.environ.get("WORLD_SIZE", "1")))
 
 
 def _check_reward_options(cfg: TrainConfig, fail) -> None:
@@ -303,9 +309,10 @@ def _check_reward_options(cfg: TrainConfig, fail) -> None:
             )
 
 
-def batch_layout(cfg: TrainConfig, world_size: int, source: str = "<config>") -> tuple[int, int]:
+def batch_layout(cfg: TrainConfig, world_size: int) -> tuple[int, int]:
     """(sequences per rank per optimizer step, gradient accumulation steps) for an RL run on `world_size`
-    ranks; ValueError when the rollout batch does not split evenly."""
+    ranks; ValueError naming the config file when the rollout batch does not split evenly."""
+    source = cfg.source
     total = cfg.rollout.prompts_per_step * cfg.rollout.group_size
     if cfg.rollout.prompts_per_step % world_size:
         raise ValueError(
