@@ -34,6 +34,7 @@ def exprl(*args: str, cwd: pathlib.Path) -> subprocess.CompletedProcess:
     ("argv", "message"),
     [
         (["train", "steps=0"], "exprl train: override: steps: must be >= 1, got 0"),
+        (["train", "name=..", "steps=1"], "exprl train: override: name: must be a plain directory name"),
         (["sft", "no_such_key=1"], "exprl sft: override: unknown key 'no_such_key'"),
         (["train", "--config", "missing.yaml"], "exprl train: config file not found: missing.yaml"),
         (["eval", "--tasks", "nothing.txt"], "exprl eval: --tasks: source 'nothing.txt': expected"),
