@@ -299,3 +299,28 @@ def test_resume_never_refuses_an_existing_run_unless_told_to_overwrite(model, tm
     assert [r["step"] for r in records] == [1]
     assert deterministic(records[0]) == deterministic(first[0])
     assert not (tmp_path / "t" / "checkpoints" / "step_000002").exists()
+
+
+def test_sft_checks_prompt_and_reference_against_the_model(model, tmp_path):
+    data = tmp_path / "data.jsonl"
+    long_reference = "1+1=2 ### " * 40 + "Answer: 2"
+    data.write_text(json.dumps({"problem": "Q: 1+1\nA: ", "answer": "2", "reference": long_reference}) + "\n")
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    length = (
+        len(tokenizer("Q: 1+1\nA: ")["input_ids"])
+        + len(tokenizer(long_reference, add_special_tokens=False)["input_ids"])
+        + 1
+    )
+    with pytest.raises(
+        ValueError, match=rf"{re.escape(str(data))}:1: the prompt and reference solution are {length} tokens"
+    ):
+        run(
+            tiny_config(
+                model,
+                tmp_path,
+                f"data.train={data}",
+                "method=sft",
+                "sft.batch_size=1",
+                "sft.micro_batch_size=1",
+            )
+        )

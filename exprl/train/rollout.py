@@ -48,16 +48,21 @@ def prompt_text(problem: Problem, tokenizer, chat_template: str) -> str:
 
 
 def fit_context(
-    problems: Sequence[Problem], tokenizer, model_config, cfg: TrainConfig, announce: bool = True
+    problems: Sequence[Problem],
+    tokenizer,
+    model_config,
+    cfg: TrainConfig,
+    announce: bool = True,
+    with_reference: bool = False,
 ) -> list[Problem]:
-    """The problems whose prompt plus `rollout.max_new_tokens` fits the model's positions
-    (`max_position_embeddings`; no limit when the model has none). One that does not is a ValueError
-    naming its file, line and the lengths; with `data.skip_too_long` it is left out, and the count of
-    those left out is printed when `announce`."""
+    """The problems whose prompt plus `rollout.max_new_tokens` (SFT, `with_reference`: plus the reference
+    solution and eos) fits the model's positions (`max_position_embeddings`; no limit when the model has
+    none). One that does not is a ValueError naming its file, line and the lengths; with
+    `data.skip_too_long` it is left out, and the count of those left out is printed when `announce`."""
     positions = getattr(model_config, "max_position_embeddings", None)
     if positions is None:
         return list(problems)
-    new = cfg.rollout.max_new_tokens
+    new = 0 if with_reference else cfg.rollout.max_new_tokens
     if new >= positions:
         raise ValueError(
             f"rollout.max_new_tokens={new} leaves no room for a prompt in the model's {positions} positions"
@@ -65,12 +70,17 @@ def fit_context(
     kept, skipped = [], []
     for problem in problems:
         length = len(tokenizer(prompt_text(problem, tokenizer, cfg.model.chat_template))["input_ids"])
+        if with_reference:
+            length += len(tokenizer(problem.reference, add_special_tokens=False)["input_ids"]) + 1
         if length + new <= positions:
             kept.append(problem)
             continue
         where = problem.origin or f"{cfg.data.train} (problem {problem.id})"
         what = (
-            f"{where}: the prompt is {length} tokens; with rollout.max_new_tokens={new} it needs "
+            f"{where}: the prompt and reference solution are {length} tokens, and the model has {positions} "
+            "positions"
+            if with_reference
+            else f"{where}: the prompt is {length} tokens; with rollout.max_new_tokens={new} it needs "
             f"{length + new} positions, and the model has {positions}"
         )
         if not cfg.data.skip_too_long:

@@ -18,7 +18,7 @@ from exprl.train import report
 from exprl.train.config import TrainConfig
 from exprl.train.engine import build_engine, deepspeed_config, init_distributed, load_policy
 from exprl.train.loop import global_sum, seed_everything, step_prompts
-from exprl.train.rollout import prompt_text
+from exprl.train.rollout import fit_context, prompt_text
 
 
 def sft_layout(cfg: TrainConfig, world: int) -> tuple[int, int]:
@@ -94,6 +94,7 @@ def run_sft(cfg: TrainConfig) -> pathlib.Path:
     per_rank, grad_accum = sft_layout(cfg, world)
     model, tokenizer = load_policy(cfg)
     problems = load_problems(cfg.data.train, seed=cfg.seed)
+    problems = fit_context(problems, tokenizer, model.config, cfg, announce=rank == 0, with_reference=True)
     examples = sft_examples(problems, tokenizer, cfg)
     if len(examples) < cfg.sft.batch_size:
         raise ValueError(
