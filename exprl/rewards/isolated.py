@@ -1,13 +1,15 @@
 """Rewards that run code which may never return (a user's function, symbolic math) in a worker process, so
 that a call past its time limit is killed and its rollout dropped instead of hanging the run.
 
-The worker (`python -m exprl.rewards.isolated`) builds the same reward from its registry name and options
-and scores one rollout per request. Requests and replies are pickles, each preceded by its length, on
-the worker's stdin and on a private copy of its stdout (what the user's code prints goes to stderr).
+The worker (`python -m exprl.rewards.isolated`) builds the same reward class with the same options (it
+imports that class's module only) and scores one rollout per request. Requests and replies are pickles,
+each preceded by its length, on the worker's stdin and on a private copy of its stdout (what the user's
+code prints goes to stderr).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import pathlib
 import pickle
@@ -20,6 +22,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 
+from exprl.data import SEGMENT_DELIMITER
 from exprl.rewards.base import Rollout, Score
 
 STARTUP_TIMEOUT_S = 120.0  # importing the user's file and building the reward, not a scoring call
@@ -78,11 +81,11 @@ class IsolatedReward:
             raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
         cls = reward_class(name)
         self.name, self.granularity = cls.name, cls.granularity
-        self.delimiter = options.get("delimiter", "###")
+        self.delimiter = options.get("delimiter", SEGMENT_DELIMITER)
         self.timeout_s = float(timeout_s)
         self.counters: dict[str, int] = {"timeout": 0}
         self.first_failure: str | None = None
-        self._spec = (name, dict(options))
+        self._spec = (cls.__module__, cls.__qualname__, dict(options))  # the worker imports only that
         self._worker: subprocess.Popen | None = None
         self._start()
 
@@ -99,10 +102,10 @@ class IsolatedReward:
         )
         weakref.finalize(self, self._worker.kill)
         _send(self._worker.stdin, self._spec)
-        reply = self._reply(STARTUP_TIMEOUT_S, f"starting reward {self._spec[0]!r}")
+        reply = self._reply(STARTUP_TIMEOUT_S, f"starting reward {self.name!r}")
         if reply is None:
             raise RuntimeError(
-                f"reward {self._spec[0]!r}: its worker did not start within {STARTUP_TIMEOUT_S:g} s"
+                f"reward {self.name!r}: its worker did not start within {STARTUP_TIMEOUT_S:g} s"
             )
 
     def _reply(self, timeout_s: float, doing: str) -> Any:
@@ -139,7 +142,7 @@ class IsolatedReward:
                 self._kill()
                 self.counters["timeout"] += 1
                 self.first_failure = self.first_failure or (
-                    f"reward {self._spec[0]!r} did not return within reward.timeout_s={self.timeout_s:g} s "
+                    f"reward {self.name!r} did not return within reward.timeout_s={self.timeout_s:g} s "
                     f"on problem {rollout.problem.id!r}"
                 )
                 scores.append(None)
@@ -153,15 +156,13 @@ class IsolatedReward:
 
 
 def serve() -> None:
-    """The worker's loop: build the reward named on stdin, then score one rollout per request."""
-    from exprl.rewards.registry import build_reward
-
+    """The worker's loop: build the reward class named on stdin, then score one rollout per request."""
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # the user's prints must not reach the reply stream
     requests = sys.stdin.buffer.fileno()
-    name, options = _receive(requests)
+    module, qualname, options = _receive(requests)
     try:
-        reward = build_reward(name, **options)
+        reward = getattr(importlib.import_module(module), qualname)(**options)
     except Exception as error:
         _send(replies, ("error", type(error).__name__, _describe(error)))
         return

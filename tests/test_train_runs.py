@@ -15,21 +15,21 @@ import sys
 import numpy as np
 import pytest
 import torch
-from trainer_fixtures import make_tiny_model, read_records, tiny_config
+from train_helpers import read_records, tiny_config
 from transformers import AutoTokenizer
 
 from exprl.errors import RunError
 from exprl.train import checkpoint, run
 from exprl.train.engine import init_distributed
+from exprl.train.lifecycle import postfix
 from exprl.train.lock import hold_run_lock
-from exprl.train.report import postfix
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("m") / "model")
+def model(tiny_models):
+    return tiny_models["plain"]
 
 
 def test_a_second_run_on_a_locked_directory_fails_at_once(model, tmp_path):
