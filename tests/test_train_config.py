@@ -114,6 +114,12 @@ def test_bad_override_names_key():
         ("steps: 0\n", "steps"),
         ("deepspeed:\n  config: /nonexistent/ds.json\n", "deepspeed.config"),
         ("algo:\n  clip_low: 1.5\n", "algo.clip_low: must be in \\[0, 1\\), got 1.5"),
+        ("rollout:\n  group_size: 1\nalgo:\n  micro_batch_size: 4\n", "rollout.group_size: grpo normalises"),
+        (
+            "reward:\n  name: http\n  options: {model: m}\n",
+            "reward.options.base_url: required by reward 'http'",
+        ),
+        ("reward:\n  sparse: python\n", "reward.sparse: 'python' needs options \\(path\\)"),
         ("algo:\n  clip_high: -0.1\n", "algo.clip_high: must be >= 0"),
         ("name: ..\n", "name: must be a plain directory name"),
         ("name: .\n", "name: must be a plain directory name"),
@@ -137,6 +143,19 @@ def test_saved_config_loads_back_equal(tmp_path):
     cfg = load_config(CONFIGS / "exprl_process_tiny.yaml", ["rollout.group_size=4"])
     save_config(cfg, tmp_path / "saved.yaml")
     assert load_config(tmp_path / "saved.yaml") == cfg
+
+
+def test_one_sample_per_prompt_is_fine_for_estimators_without_groups():
+    cfg = load_config(
+        None,
+        [
+            "reward.mode=process",
+            "algo.advantage=process-delta",
+            "rollout.group_size=1",
+            "algo.micro_batch_size=8",
+        ],
+    )
+    assert cfg.rollout.group_size == 1
 
 
 def test_values_from_overrides_are_named_as_overrides(tmp_path):

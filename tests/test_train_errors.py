@@ -25,6 +25,16 @@ def test_missing_model_path_names_the_key(tmp_path):
         run(cfg)
 
 
+def test_a_reward_that_cannot_be_built_fails_before_the_model_loads(tmp_path):
+    cfg = tiny_config(
+        tmp_path / "no-such-model", tmp_path, "reward.name=python", "reward.options={path: 'no.py:f'}"
+    )
+    with pytest.raises(
+        FileNotFoundError, match=r"^<defaults>: reward.options of 'python': reward function file"
+    ):
+        run(cfg)
+
+
 def test_unreadable_data_line_names_file_and_line(model, tmp_path):
     data = tmp_path / "bad.jsonl"
     data.write_text('{"problem": "Q: 1+1\\nA: ", "answer": "2"}\n{"problem": oops\n')

@@ -69,6 +69,12 @@ def reward_options(name: str) -> list[str]:
     return [p for p in inspect.signature(reward_class(name)).parameters if p != "self"]
 
 
+def required_options(name: str) -> list[str]:
+    """The constructor arguments of reward `name` that have no default."""
+    params = inspect.signature(reward_class(name)).parameters.values()
+    return [p.name for p in params if p.name != "self" and p.default is p.empty]
+
+
 def build_reward(name: str, *, call_timeout_s: float | None = None, **options) -> RewardSource:
     """The reward source `name` built with `options` (its constructor's keyword arguments).
 

@@ -258,6 +258,11 @@ def validate(cfg: TrainConfig, overridden: set[str] | frozenset[str] = frozenset
         choices = ", ".join(sorted(advantages.ADVANTAGES))
         fail("algo.advantage", f"unknown {a.advantage!r}; choose one of {choices}")
     needs_segments = advantages.get(a.advantage).needs_segments
+    if advantages.get(a.advantage).needs_groups and r.group_size < 2:
+        fail(
+            "rollout.group_size",
+            f"{a.advantage} normalises within each prompt's samples: it needs >= 2, got {r.group_size}",
+        )
     if needs_segments and cfg.reward.mode != "process":
         fail("algo.advantage", f"{a.advantage} needs per-segment scores: set reward.mode: process")
     if not needs_segments and cfg.reward.mode == "process":
@@ -306,6 +311,15 @@ def _check_reward_options(cfg: TrainConfig, fail) -> None:
                 f"(it takes: {', '.join(sorted(accepted))}; mode and delimiter are reward.mode and "
                 "reward.delimiter)",
             )
+    for key in rewards.required_options(cfg.reward.name):
+        if key not in cfg.reward.options and key not in ("mode", "delimiter"):
+            fail(f"reward.options.{key}", f"required by reward {cfg.reward.name!r}; set it")
+    if rewards.required_options(cfg.reward.sparse):
+        needs = ", ".join(rewards.required_options(cfg.reward.sparse))
+        fail(
+            "reward.sparse",
+            f"{cfg.reward.sparse!r} needs options ({needs}); the verifier is built without any",
+        )
 
 
 def batch_layout(cfg: TrainConfig, world_size: int) -> tuple[int, int]:

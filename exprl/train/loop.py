@@ -48,6 +48,7 @@ def run_rl(cfg: TrainConfig) -> pathlib.Path:
     seed_everything(cfg.seed)
     problems = load_problems(cfg.data.train, seed=cfg.seed)
     _, grad_accum = batch_layout(cfg, world)
+    judge, verifier = rollout.build_rewards(cfg)  # before the model: a bad reward.options fails fast
     model, tokenizer = load_policy(cfg)
     problems = rollout.fit_context(problems, tokenizer, model.config, cfg, announce=rank == 0)
     if len(problems) < cfg.rollout.prompts_per_step:
@@ -60,7 +61,6 @@ def run_rl(cfg: TrainConfig) -> pathlib.Path:
     if cfg.algo.kl_coef > 0:
         ref_ds = deepspeed_config(cfg, cfg.algo.micro_batch_size, grad_accum, world, with_optimizer=False)
         ref = build_engine(load_policy(cfg)[0], ref_ds, trainable=False)
-    judge, verifier = rollout.build_rewards(cfg)
 
     state: dict[str, Any] = {
         "step": 0,

@@ -195,14 +195,15 @@ def counter_snapshot(judge: RewardSource, verifier: RewardSource) -> dict[str, d
 
 def build_rewards(cfg: TrainConfig) -> tuple[RewardSource, RewardSource]:
     """(judge, sparse verifier) from `cfg.reward`. Judges get the mode and delimiter; verifiers grade the
-    final answer only. Rewards that may never return get `reward.timeout_s` per call."""
+    final answer only. Rewards that may never return get `reward.timeout_s` per call. An error building
+    the judge names the config file and reward.options."""
     from exprl.rewards import build_reward, is_judge
 
     options = dict(cfg.reward.options)
     if is_judge(cfg.reward.name):  # judges grade against the reference, per response or per segment
         options.update(mode=cfg.reward.mode, delimiter=cfg.reward.delimiter)
-    limit = cfg.reward.timeout_s
-    return (
-        build_reward(cfg.reward.name, call_timeout_s=limit, **options),
-        build_reward(cfg.reward.sparse, call_timeout_s=limit),
-    )
+    try:
+        judge = build_reward(cfg.reward.name, call_timeout_s=cfg.reward.timeout_s, **options)
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        raise type(error)(f"{cfg.source}: reward.options of {cfg.reward.name!r}: {error}") from error
+    return judge, build_reward(cfg.reward.sparse, call_timeout_s=cfg.reward.timeout_s)
