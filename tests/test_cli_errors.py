@@ -37,7 +37,7 @@ def exprl(*args: str, cwd: pathlib.Path) -> subprocess.CompletedProcess:
         (["train", "name=..", "steps=1"], "exprl train: override: name: must be a plain directory name"),
         (["sft", "no_such_key=1"], "exprl sft: override: unknown key 'no_such_key'"),
         (["train", "--config", "missing.yaml"], "exprl train: config file not found: missing.yaml"),
-        (["eval", "--tasks", "nothing.txt"], "exprl eval: --tasks: source 'nothing.txt': expected"),
+        (["eval", "--problems", "nothing.txt"], "exprl eval: source 'nothing.txt': expected"),
     ],
 )
 def test_a_user_error_is_one_line(argv, message, tmp_path):
