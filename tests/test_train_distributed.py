@@ -137,10 +137,10 @@ def finish(child: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def two_ranks(toy, tmp_path_factory) -> pathlib.Path:
+def two_ranks(tiny_models, tmp_path_factory) -> pathlib.Path:
     """The toy run on 1 node x 2 ranks; its run directory."""
     out = tmp_path_factory.mktemp("two")
-    path = toy_config_file(toy, out, "two", *TWO_RANKS)
+    path = toy_config_file((tiny_models["digits"], tiny_models["reward"]), out, "two", *TWO_RANKS)
     finish(
         launch("--num_gpus", "2", "--master_port", "29561", "--module", "exprl.train", "--config", str(path))
     )
