@@ -83,7 +83,10 @@ def start_over(run_dir: pathlib.Path, overwrite: bool, rank: int) -> None:
     if held and rank == 0:
         for name in held:
             path = run_dir / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
     if dist.get_world_size() > 1:
         dist.barrier()
 

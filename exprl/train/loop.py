@@ -53,7 +53,7 @@ def run_rl(cfg: TrainConfig) -> pathlib.Path:
     problems = rollout.fit_context(problems, tokenizer, model.config, cfg, announce=rank == 0)
     if len(problems) < cfg.rollout.prompts_per_step:
         raise ValueError(
-            f"data.train: {cfg.data.train!r} holds {len(problems)} problems, fewer than "
+            f"{cfg.source}: data.train: {cfg.data.train!r} holds {len(problems)} problems, fewer than "
             f"rollout.prompts_per_step={cfg.rollout.prompts_per_step}"
         )
     engine = build_engine(model, deepspeed_config(cfg, cfg.algo.micro_batch_size, grad_accum, world))
@@ -323,7 +323,7 @@ def check_dropped(
     first step past `reward.warn_drop_rate` prints a warning. Returns whether the warning was printed."""
     total = cfg.rollout.prompts_per_step * cfg.rollout.group_size
     dropped = metrics["dropped_rollouts"]
-    if not dropped or (warned and not first):
+    if not dropped or warned:  # the first step comes before any warning
         return warned
     failures: list[str | None] = [None] * dist.get_world_size()
     dist.all_gather_object(failures, getattr(judge, "first_failure", None))
