@@ -15,12 +15,12 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOConfig, GRPOTrainer
 
-import exprl
-from exprl.data.tasks import builtin_problems
+from exprl.data import builtin_problems
 from exprl.integrations.trl import LOSS_AGG_OF_LOSS_TYPE, ExpRLGRPOTrainer, exprl_reward
+from exprl.models import tiny_base_path
 from tests.rewards_tiny_model import save_tiny_llama
 
-TINY = str(Path(exprl.__file__).parent / "assets" / "tiny-base")
+TINY = str(tiny_base_path())
 LOSS_TYPES = sorted(LOSS_AGG_OF_LOSS_TYPE)
 REFERENCE = "5*3=15 ### 15*6=90 ### Answer: 90"
 
