@@ -7,43 +7,32 @@ the packed layout. Targets: padded >= 4x, packed >= 10x faster than the straight
 CUDA: a padded (1024, 4096) generation output -> packed training layout, against the eager-PyTorch
 composition (the reference ops); target >= 3x.
 
-    python benchmarks/bench_batching.py [--quick] [--out benchmarks/results]
+    pytest benchmarks/bench_batching.py --benchmark-enable        # or `exprl bench batching [--quick]`
 
-or `pytest benchmarks/bench_batching.py --benchmark-enable` (EXPRL_BENCH_QUICK=1 for the small CI size,
-EXPRL_BENCH_OUT for the folder) prints the ratios and writes bench_batching_<date>_<device>.json and .md
-to the output folder (default benchmarks/results/, or the temp dir in quick mode).
+EXPRL_BENCH_QUICK=1 picks the small CI size. Times are pytest-benchmark's medians and minima; the ratios
+are printed and the table goes to bench_batching_<device>[_quick]_<date>.json and .md (see common.py).
 """
 
-import argparse
-import datetime
-import json
 import os
-import platform
-import socket
-import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 import torch
+from common import QUICK, Report, fmt, measure, ratio
 from torch.nn.utils.rnn import pad_sequence
 
 import exprl.batching as batching
 
-QUICK = os.environ.get("EXPRL_BENCH_QUICK") == "1"
 BATCH = 64 if QUICK else 1024
 MAX_RESPONSE = 512 if QUICK else 4096
 ROUNDS = 2 if QUICK else 11  # medians over 11 rounds: the shared box is noisy
 PAD_ID = 0
 EOS_ID = 2
-# quick (smoke) runs write to the temp dir so that CI leaves the checkout clean
-_DEFAULT_OUT = Path(tempfile.gettempdir()) / "exprl_bench" if QUICK else Path(__file__).parent / "results"
-OUT_DIR = Path(os.environ.get("EXPRL_BENCH_OUT", _DEFAULT_OUT))
 TARGETS = {"cpu-padded": 4.0, "cpu-packed": 10.0, "cuda-generation-packed": 3.0}
+BASELINES = ("straightforward", "eager-torch")
 
-RESULTS: dict[str, dict[str, float]] = {}
-# Fastest round per case: on a shared machine the median carries other processes' load, the minimum less.
-MINIMA: dict[str, dict[str, float]] = {}
+# torch's CPU allocator puts large tensors on huge pages when THP_MEM_ALLOC_ENABLE is 1 (baseline included)
+REPORT = Report("bench_batching", "Rollout batching benchmark", batch=BATCH, max_response=MAX_RESPONSE,
+                THP_MEM_ALLOC_ENABLE=os.environ.get("THP_MEM_ALLOC_ENABLE", "unset"))  # fmt: skip
 
 
 def rollout_lists(batch: int, seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -111,23 +100,21 @@ def generation_output(batch: int, width: int, prompt_width: int, device: str, se
     return sequences.to(device), prompt_lengths.to(device)
 
 
-def record(group: str, name: str, benchmark) -> None:
-    if benchmark.stats is not None:
-        RESULTS.setdefault(group, {})[name] = benchmark.stats.stats.median
-        MINIMA.setdefault(group, {})[name] = benchmark.stats.stats.min
+def record(group: str, name: str, timing) -> None:
+    """One row: the group's case, the implementation, its median and fastest round (on a shared machine
+    the median carries other processes' load, the minimum less)."""
+    REPORT.add(group=group, impl=name, median_s=timing.median_s, min_s=timing.min_s, rounds=timing.rounds)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def write_table():
-    """After the module's benchmarks: the ratios on stdout, the table as JSON and Markdown in OUT_DIR."""
+    """After the module's benchmarks: the ratios on stdout, the table as JSON and Markdown."""
     yield
-    if not RESULTS:
-        return
-    base = write_results(OUT_DIR, QUICK)
-    for group, row in summary().items():
-        speedup = f"{row['speedup']:.1f}x" if row["speedup"] else "n/a"
-        print(f"\n{group}: speedup {speedup} (target >= {row['target']:.0f}x)")
-    print(f"wrote {base}.json and {base}.md")
+    rows = summary()
+    for group, row in rows.items():
+        print(f"\n{group}: speedup {fmt(row['speedup'], '.1f', 'x')} (target >= {row['target']:.0f}x)")
+    REPORT.header["backend_cpu"] = batching.backend("cpu")
+    REPORT.write(COLUMNS, rows=[{"group": group, **row} for group, row in rows.items()], summary=rows)
 
 
 @pytest.fixture(scope="module")
@@ -141,14 +128,11 @@ def bench_build_rollout_batch(benchmark, rollouts, backend: str, layout: str) ->
         pytest.skip(batching.extension_error())
     prompts, responses = rollouts
     with batching.use_backend(backend):
-        batch = benchmark.pedantic(
-            batching.build_rollout_batch,
-            args=(prompts, responses, PAD_ID, layout),
-            rounds=ROUNDS,
-            warmup_rounds=1,
+        timing = measure(
+            benchmark, batching.build_rollout_batch, prompts, responses, PAD_ID, layout, rounds=ROUNDS
         )
-    record(f"cpu-{layout}", f"exprl-{backend}", benchmark)
-    return batch
+    record(f"cpu-{layout}", f"exprl-{backend}", timing)
+    return timing.result
 
 
 def batch_tensors(batch: batching.RolloutBatch) -> tuple[torch.Tensor, ...]:
@@ -157,8 +141,8 @@ def batch_tensors(batch: batching.RolloutBatch) -> tuple[torch.Tensor, ...]:
 
 @pytest.mark.benchmark(group="cpu-padded")
 def test_cpu_padded_straightforward(benchmark, cpu_rollouts):
-    benchmark.pedantic(straightforward_padded, args=(*cpu_rollouts, PAD_ID), rounds=ROUNDS, warmup_rounds=1)
-    record("cpu-padded", "straightforward", benchmark)
+    timing = measure(benchmark, straightforward_padded, *cpu_rollouts, PAD_ID, rounds=ROUNDS)
+    record("cpu-padded", "straightforward", timing)
 
 
 @pytest.mark.benchmark(group="cpu-padded")
@@ -188,35 +172,35 @@ def fill_outputs(buffers: list[torch.Tensor]) -> list[torch.Tensor]:
 @pytest.mark.benchmark(group="cpu-padded")
 def test_cpu_padded_fill_warm_outputs(benchmark, cpu_rollouts):
     width = max(len(p) + len(r) for p, r in zip(*cpu_rollouts, strict=True))
-    benchmark.pedantic(fill_outputs, args=(output_buffers((BATCH, width)),), rounds=ROUNDS, warmup_rounds=1)
-    record("cpu-padded", "fill-warm", benchmark)
+    timing = measure(benchmark, fill_outputs, output_buffers((BATCH, width)), rounds=ROUNDS)
+    record("cpu-padded", "fill-warm", timing)
 
 
 @pytest.mark.benchmark(group="cpu-packed")
 def test_cpu_packed_fill_warm_outputs(benchmark, cpu_rollouts):
     total = sum(len(p) + len(r) for p, r in zip(*cpu_rollouts, strict=True))
-    benchmark.pedantic(fill_outputs, args=(output_buffers((total,)),), rounds=ROUNDS, warmup_rounds=1)
-    record("cpu-packed", "fill-warm", benchmark)
+    timing = measure(benchmark, fill_outputs, output_buffers((total,)), rounds=ROUNDS)
+    record("cpu-packed", "fill-warm", timing)
 
 
 @pytest.mark.benchmark(group="cpu-padded")
 def test_cpu_padded_alloc_and_fill_outputs(benchmark, cpu_rollouts):
     width = max(len(p) + len(r) for p, r in zip(*cpu_rollouts, strict=True))
-    benchmark.pedantic(alloc_and_fill_outputs, args=((BATCH, width),), rounds=ROUNDS, warmup_rounds=1)
-    record("cpu-padded", "alloc-fill", benchmark)
+    timing = measure(benchmark, alloc_and_fill_outputs, (BATCH, width), rounds=ROUNDS)
+    record("cpu-padded", "alloc-fill", timing)
 
 
 @pytest.mark.benchmark(group="cpu-packed")
 def test_cpu_packed_alloc_and_fill_outputs(benchmark, cpu_rollouts):
     total = sum(len(p) + len(r) for p, r in zip(*cpu_rollouts, strict=True))
-    benchmark.pedantic(alloc_and_fill_outputs, args=((total,),), rounds=ROUNDS, warmup_rounds=1)
-    record("cpu-packed", "alloc-fill", benchmark)
+    timing = measure(benchmark, alloc_and_fill_outputs, (total,), rounds=ROUNDS)
+    record("cpu-packed", "alloc-fill", timing)
 
 
 @pytest.mark.benchmark(group="cpu-packed")
 def test_cpu_packed_straightforward(benchmark, cpu_rollouts):
-    benchmark.pedantic(straightforward_packed, args=cpu_rollouts, rounds=ROUNDS, warmup_rounds=1)
-    record("cpu-packed", "straightforward", benchmark)
+    timing = measure(benchmark, straightforward_packed, *cpu_rollouts, rounds=ROUNDS)
+    record("cpu-packed", "straightforward", timing)
 
 
 @pytest.mark.benchmark(group="cpu-packed")
@@ -230,11 +214,9 @@ def test_cpu_packed_exprl(benchmark, cpu_rollouts, backend):
 
 def _cuda_call(backend: str, sequences, prompt_lengths, prompt_width):
     with batching.use_backend(backend):
-        batch = batching.batch_from_generation(
+        return batching.batch_from_generation(
             sequences, prompt_lengths, prompt_width, EOS_ID, PAD_ID, "packed"
         )
-    torch.cuda.synchronize()
-    return batch
 
 
 @pytest.mark.cuda
@@ -250,103 +232,46 @@ def test_cuda_generation_to_packed(benchmark, backend):
     batch_size, width, prompt_width = (64, 1024, 256) if QUICK else (1024, 4096, 512)
     sequences, prompt_lengths = generation_output(batch_size, width, prompt_width, "cuda")
     args = (backend, sequences, prompt_lengths, prompt_width)
-    batch = benchmark.pedantic(_cuda_call, args=args, rounds=ROUNDS * 4, warmup_rounds=2)
-    record("cuda-generation-packed", "eager-torch" if backend == "torch" else "exprl-ext", benchmark)
+    timing = measure(benchmark, _cuda_call, *args, rounds=ROUNDS * 4, warmup_rounds=2)
+    record("cuda-generation-packed", "eager-torch" if backend == "torch" else "exprl-ext", timing)
+    batch = timing.result
     expected = _cuda_call("torch", *args[1:])
     for name in batching._TENSOR_FIELDS:
         assert torch.equal(getattr(batch, name), getattr(expected, name)), name
 
 
 def summary() -> dict:
-    """Ratios of each group's baseline median time to exprl's, with the target of the issue."""
+    """Per group: each implementation's median and minimum, the baseline's over exprl-ext's (speedup), and
+    the target of the issue."""
     rows = {}
-    for group, times in RESULTS.items():
-        baseline = times.get("straightforward", times.get("eager-torch"))
-        fast = times.get("exprl-ext")
-        minima = MINIMA.get(group, {})
-        baseline_min = minima.get("straightforward", minima.get("eager-torch"))
-        fast_min = minima.get("exprl-ext")
+    for group in dict.fromkeys(r["group"] for r in REPORT.rows):
+        medians = {r["impl"]: r["median_s"] for r in REPORT.rows if r["group"] == group}
+        minima = {r["impl"]: r["min_s"] for r in REPORT.rows if r["group"] == group}
+        baseline = next((name for name in BASELINES if name in medians), None)
         rows[group] = {
-            "median_s": times,
+            "median_s": medians,
             "min_s": minima,
-            "speedup": baseline / fast if baseline and fast else None,
-            "speedup_of_minima": baseline_min / fast_min if baseline_min and fast_min else None,
+            "speedup": ratio(medians.get(baseline), medians.get("exprl-ext")),
+            "speedup_of_minima": ratio(minima.get(baseline), minima.get("exprl-ext")),
             "target": TARGETS[group],
         }
     return rows
 
 
-def machine() -> str:
-    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (
-        f"{socket.gethostname()} ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs{gpu})"
-    )
+def _ms(row: dict, *names: str) -> str:
+    """The median of the first of `names` the group has, in ms."""
+    value = next((row["median_s"][name] for name in names if name in row["median_s"]), None)
+    return fmt(None if value is None else 1e3 * value, ".1f")
 
 
-def write_results(out_dir: Path, quick: bool) -> Path:
-    stamp = datetime.datetime.now(datetime.UTC)
-    host = "cuda" if torch.cuda.is_available() else "cpu"
-    base = out_dir / f"bench_batching_{stamp:%Y-%m-%d}_{host}{'_quick' if quick else ''}"
-    rows = summary()
-    header = {
-        "date": stamp.isoformat(timespec="seconds"),
-        "machine": machine(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "load_average_1min": round(os.getloadavg()[0], 2),
-        "backend_cpu": batching.backend("cpu"),
-        # torch's CPU allocator puts large tensors on huge pages when this is 1 (baseline included)
-        "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE", "unset"),
-        "batch": BATCH,
-        "max_response": MAX_RESPONSE,
-        "quick": quick,
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    base.with_suffix(".json").write_text(json.dumps({**header, "results": rows}, indent=2) + "\n")
-    lines = [
-        "# Rollout batching benchmark",
-        "",
-        *(f"- {key}: {value}" for key, value in header.items()),
-        "",
-        "| case | baseline median (ms) | exprl ext median (ms) | exprl torch fallback (ms)"
-        " | alloc+fill outputs only (ms) | fill preallocated outputs (ms) | speedup"
-        " | speedup of minima | target |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for group, row in rows.items():
-        times = row["median_s"]
-        baseline = times.get("straightforward", times.get("eager-torch"))
-
-        def ms(value):
-            return f"{value * 1e3:.1f}" if value is not None else "-"
-
-        speedup = f"{row['speedup']:.1f}x" if row["speedup"] else "-"
-        speedup_min = f"{row['speedup_of_minima']:.1f}x" if row["speedup_of_minima"] else "-"
-        fallback = ms(times.get("exprl-torch")) if "exprl-torch" in times else "-"
-        lines.append(
-            f"| {group} | {ms(baseline)} | {ms(times.get('exprl-ext'))} | {fallback}"
-            f" | {ms(times.get('alloc-fill'))} | {ms(times.get('fill-warm'))} | {speedup} | {speedup_min}"
-            f" | >= {row['target']:.0f}x |"
-        )
-    base.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    return base
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small batch and few rounds (CI smoke run)")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: EXPRL_BENCH_OUT)")
-    parser.add_argument("--cuda-only", action="store_true", help="only the CUDA case")
-    args = parser.parse_args(argv)
-    if args.quick:
-        os.environ["EXPRL_BENCH_QUICK"] = "1"
-    if args.out is not None:
-        os.environ["EXPRL_BENCH_OUT"] = str(args.out)
-    pytest_args = [__file__, "-q", "-s", "-p", "no:cacheprovider", "--benchmark-enable"]
-    if args.cuda_only:
-        pytest_args += ["-k", "cuda"]
-    return int(pytest.main(pytest_args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+COLUMNS = {
+    "case": lambda r: r["group"],
+    "baseline median (ms)": lambda r: _ms(r, *BASELINES),
+    "exprl ext median (ms)": lambda r: _ms(r, "exprl-ext"),
+    "exprl torch fallback (ms)": lambda r: _ms(r, "exprl-torch"),
+    "alloc+fill outputs only (ms)": lambda r: _ms(r, "alloc-fill"),
+    "fill preallocated outputs (ms)": lambda r: _ms(r, "fill-warm"),
+    "speedup": lambda r: fmt(r["speedup"], ".1f", "x"),
+    "speedup of minima": lambda r: fmt(r["speedup_of_minima"], ".1f", "x"),
+    "target": lambda r: f">= {r['target']:.0f}x",
+}

@@ -6,39 +6,23 @@ token-mean), backward, AdamW update. Sizes: CPU vocab 32000, hidden 256, 2 layer
 CUDA vocab 151936, hidden 512, 2 layers, batch 8 x 1024 tokens; quick (EXPRL_BENCH_QUICK=1) vocab 16000,
 hidden 128, batch 4 x 128 tokens.
 
-    pytest benchmarks/bench_train_step.py --benchmark-enable             # full size for this machine
-    EXPRL_BENCH_QUICK=1 pytest benchmarks/bench_train_step.py             # small shapes, a smoke run
-    python benchmarks/bench_train_step.py [--quick]                       # the same through pytest.main
+    pytest benchmarks/bench_train_step.py --benchmark-enable                      # full size for this machine
+    EXPRL_BENCH_QUICK=1 pytest benchmarks/bench_train_step.py --benchmark-enable  # small shapes, a smoke run
 
-Time: median over the timed steps after one warm-up step, in this process (synchronised on CUDA).
-Peak memory: each backend in its own child process (so one backend's allocator state cannot hide or
-inflate the other's): after a warm-up step, CUDA max_memory_allocated minus the allocation before the
-step; CPU peak RSS (VmHWM, reset through clear_refs) minus the RSS before the step.
-
-The table goes to EXPRL_BENCH_OUT (default benchmarks/results/, or <tmp>/exprl_bench/ in quick mode) as
-bench_train_step_<device>[_quick]_<date>.json and .md; the fused/eager ratios are printed.
+Time: pytest-benchmark's median over the timed steps after one warm-up step, in this process (the loss's
+float() synchronises the device). Peak memory: each backend in its own child process after a warm-up
+step (`common.peak_memory_mib`). The table goes to bench_train_step_<device>[_quick]_<date>.json and .md
+(see common.py); the fused/eager ratios are printed.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
 import math
-import os
-import platform
-import statistics
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 
 import pytest
 import torch
+from common import CUDA, DEVICE, QUICK, Report, fmt, measure, peak_memory_mib, ratio
 
-CUDA = torch.cuda.is_available()
-QUICK = os.environ.get("EXPRL_BENCH_QUICK", "0") == "1"
 if QUICK:
     SIZE = {"vocab": 16000, "hidden": 128, "layers": 2, "batch": 4, "seq": 128, "steps": 3}
 elif CUDA:
@@ -47,11 +31,9 @@ else:
     SIZE = {"vocab": 32000, "hidden": 256, "layers": 2, "batch": 8, "seq": 256, "steps": 5}
 BACKENDS = ["auto", "eager"]  # auto = the fused path (triton on CUDA, chunked torch on CPU)
 LABELS = {"auto": "fused (auto)", "eager": "eager reference"}
-# quick (smoke) runs write to the temp dir so that CI leaves the checkout clean
-_DEFAULT_OUT = Path(tempfile.gettempdir()) / "exprl_bench" if QUICK else Path(__file__).parent / "results"
-OUT_DIR = Path(os.environ.get("EXPRL_BENCH_OUT", _DEFAULT_OUT))
 
-RESULTS: dict[str, dict] = {}
+REPORT = Report("bench_train_step", "One training step, fused vs eager loss", size=SIZE,
+                timing="median over the timed steps after one warm-up step")  # fmt: skip
 
 
 def make_step(backend: str, size: dict):
@@ -65,7 +47,6 @@ def make_step(backend: str, size: dict):
     from exprl.kernels import entropy_pg_loss
 
     torch.manual_seed(0)
-    device = "cuda" if CUDA else "cpu"
     cfg = LlamaConfig(
         vocab_size=size["vocab"],
         hidden_size=size["hidden"],
@@ -76,18 +57,18 @@ def make_step(backend: str, size: dict):
         max_position_embeddings=size["seq"],
         tie_word_embeddings=False,
     )
-    model = LlamaForCausalLM(cfg).to(device)
+    model = LlamaForCausalLM(cfg).to(DEVICE)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     b, t = size["batch"], size["seq"]
     g = torch.Generator().manual_seed(1)
-    input_ids = torch.randint(0, size["vocab"], (b, t), generator=g).to(device)
+    input_ids = torch.randint(0, size["vocab"], (b, t), generator=g).to(DEVICE)
     targets = torch.roll(input_ids, -1, 1)
-    mask = torch.ones(b, t, dtype=torch.bool, device=device)
+    mask = torch.ones(b, t, dtype=torch.bool, device=DEVICE)
     mask[:, : t // 4] = False  # the prompt part
     targets[~mask] = -100
-    advantages = torch.randn(b, generator=g).to(device)
-    old = (-torch.rand(b, t, generator=g) * 5).to(device)
-    ref = old + 0.01 * torch.randn(b, t, generator=g).to(device)
+    advantages = torch.randn(b, generator=g).to(DEVICE)
+    old = (-torch.rand(b, t, generator=g) * 5).to(DEVICE)
+    ref = old + 0.01 * torch.randn(b, t, generator=g).to(DEVICE)
 
     def step() -> float:
         logits = model(input_ids=input_ids).logits
@@ -114,40 +95,11 @@ def make_step(backend: str, size: dict):
     return step
 
 
-def _rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def peak_step_mib(backend: str, size: dict) -> float:
-    """Peak memory of one training step above the memory held before it, after a warm-up step."""
+def prepare(backend: str, size: dict):
+    """For the peak-memory child: the step after a warm-up step (optimizer state, allocator, lazy inits)."""
     step = make_step(backend, size)
-    step()  # warm-up: optimizer state, allocator, lazy inits
-    if CUDA:
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
-    base = _rss_kib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
     step()
-    return (_rss_kib("VmHWM") - base) / 1024
-
-
-def _peak_in_child(backend: str) -> float:
-    env = dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
-    )
-    cmd = [sys.executable, __file__, "--peak", backend, json.dumps(SIZE)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"peak-memory child for backend {backend!r} failed:\n{done.stderr[-4000:]}")
-    return float(done.stdout.strip().splitlines()[-1])
+    return step
 
 
 @pytest.mark.benchmark(group="train-step")
@@ -155,134 +107,53 @@ def _peak_in_child(backend: str) -> float:
 def test_bench_train_step(benchmark, backend):
     step = make_step(backend, SIZE)
     step()  # warm-up: Triton compilation, optimizer state, allocator
-    times: list[float] = []  # own timer; --benchmark-disable runs the step once
     losses: list[float] = []
-
-    def timed() -> None:
-        start = time.perf_counter()
-        losses.append(step())  # float() of the loss synchronises the device
-        times.append(time.perf_counter() - start)
-
-    benchmark.pedantic(timed, rounds=SIZE["steps"])
+    timing = measure(benchmark, lambda: losses.append(step()), rounds=SIZE["steps"], warmup_rounds=0)
     assert all(math.isfinite(x) for x in losses), losses
-    RESULTS[backend] = {
-        "backend": backend,
-        "median_s": statistics.median(times),
-        "min_s": min(times),
-        "steps_timed": len(times),
-        "peak_step_mib": _peak_in_child(backend),
-        "losses": losses,
-    }
+    REPORT.add(
+        backend=backend,
+        median_s=timing.median_s,
+        min_s=timing.min_s,
+        steps_timed=timing.rounds,
+        peak_step_mib=peak_memory_mib(__file__, backend=backend, size=SIZE),
+        losses=losses,
+    )
 
 
 def summary() -> dict:
-    """The fused/eager ratios (None until both backends ran) and the largest loss difference."""
-    fused, eager = RESULTS.get("auto"), RESULTS.get("eager")
+    """The fused/eager ratios (empty until both backends ran) and the largest loss difference."""
+    rows = {r["backend"]: r for r in REPORT.rows}
+    fused, eager = rows.get("auto"), rows.get("eager")
     if not (fused and eager):
         return {}
     return {
         "time_ratio_fused_over_eager": fused["median_s"] / eager["median_s"],
-        "memory_ratio_fused_over_eager": fused["peak_step_mib"] / eager["peak_step_mib"]
-        if eager["peak_step_mib"] > 0
-        else None,
+        "memory_ratio_fused_over_eager": ratio(fused["peak_step_mib"], eager["peak_step_mib"]),
         "max_abs_loss_difference": max(
             abs(a - b) for a, b in zip(fused["losses"], eager["losses"], strict=True)
         ),
     }
 
 
-def device_info() -> dict:
-    if CUDA:
-        return {"device": torch.cuda.get_device_name()}
-    return {"device": f"CPU {platform.processor() or platform.machine()}", "cpus": os.cpu_count()}
-
-
-def write_results(out_dir: Path) -> Path:
-    now = datetime.datetime.now(datetime.UTC)
-    header = {
-        "date": now.strftime("%Y-%m-%d %H:%M UTC"),
-        **device_info(),
-        "host": platform.node(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "mode": "quick" if QUICK else "full",
-        "size": SIZE,
-        "timing": "median over the timed steps after one warm-up step",
-        "load average (1, 5, 15 min) at the end": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
-    }
-    ratios = summary()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"bench_train_step_{'cuda' if CUDA else 'cpu'}{'_quick' if QUICK else ''}_{now:%Y%m%d}"
-    payload = {"header": header, "results": RESULTS, "summary": ratios}
-    stem.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
-    lines = [f"# One training step, fused vs eager loss — {header['date']}", ""]
-    lines += [f"- {key}: {value}" for key, value in header.items() if key != "date"]
-    lines += [
-        "",
-        "| loss backend | median step (s) | min step (s) | peak step memory (MiB) |",
-        "|---|---:|---:|---:|",
-    ]
-    for backend in BACKENDS:
-        if backend in RESULTS:
-            r = RESULTS[backend]
-            lines.append(
-                f"| {LABELS[backend]} | {r['median_s']:.3f} | {r['min_s']:.3f} | {r['peak_step_mib']:.1f} |"
-            )
-    if ratios:
-        memory = ratios["memory_ratio_fused_over_eager"]
-        lines += [
-            "",
-            f"time fused/eager: {ratios['time_ratio_fused_over_eager']:.2f}x, memory fused/eager: "
-            + (f"{memory:.2f}x" if memory is not None else "n/a")
-            + f"; largest loss difference over the timed steps: {ratios['max_abs_loss_difference']:.2e}",
-        ]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    return stem
+COLUMNS = {
+    "loss backend": lambda r: LABELS[r["backend"]],
+    "median step (s)": lambda r: fmt(r["median_s"], ".3f"),
+    "min step (s)": lambda r: fmt(r["min_s"], ".3f"),
+    "peak step memory (MiB)": lambda r: fmt(r["peak_step_mib"], ".1f"),
+}
 
 
 @pytest.fixture(scope="module", autouse=True)
 def write_table():
     yield
-    if not RESULTS:
-        return
-    stem = write_results(OUT_DIR)
     ratios = summary()
+    notes = []
     if ratios:
-        memory = ratios["memory_ratio_fused_over_eager"]
-        print(
-            f"\ntrain step fused/eager: time {ratios['time_ratio_fused_over_eager']:.2f}x, memory "
-            + (f"{memory:.2f}x" if memory is not None else "n/a")
-        )
-    print(f"wrote {stem}.json and {stem}.md")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small shapes (CI smoke run)")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: EXPRL_BENCH_OUT)")
-    args = parser.parse_args(argv)
-    env = dict(os.environ)
-    if args.quick:
-        env["EXPRL_BENCH_QUICK"] = "1"
-    if args.out is not None:
-        env["EXPRL_BENCH_OUT"] = str(args.out)
-    # a fresh interpreter, so that the module-level sizes read the environment set here
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        __file__,
-        "-q",
-        "-s",
-        "-p",
-        "no:cacheprovider",
-        "--benchmark-enable",
-    ]
-    return subprocess.call(cmd, cwd=Path(__file__).parents[1], env=env)
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "--peak":
-        print(peak_step_mib(sys.argv[2], json.loads(sys.argv[3])))
-    else:
-        sys.exit(main())
+        time_ratio = fmt(ratios["time_ratio_fused_over_eager"], ".2f", "x")
+        line = f"time fused/eager: {time_ratio}, memory fused/eager: "
+        line += fmt(ratios["memory_ratio_fused_over_eager"], ".2f", "x")
+        notes = [
+            f"{line}; largest loss difference over the timed steps: {ratios['max_abs_loss_difference']:.2e}"
+        ]
+        print(f"\ntrain step {line}")
+    REPORT.write(COLUMNS, summary=ratios, notes=notes)

@@ -1,7 +1,8 @@
 """`exprl bench`: runs the microbenchmarks in the repository's benchmarks/ folder with pytest-benchmark.
 
-Each benchmark times exprl's path and eager PyTorch side by side in one run and writes its table
-(JSON and Markdown) under benchmarks/results/.
+Each `benchmarks/bench_<name>.py` is one benchmark, run as `exprl bench <name>` ("_" written "-"). Each
+times exprl's path and eager PyTorch side by side in one run and writes its table (JSON and Markdown)
+under benchmarks/results/ (benchmarks/README.md has the naming scheme).
 """
 
 import argparse
@@ -10,22 +11,28 @@ import pathlib
 import subprocess
 import sys
 
-BENCHMARKS = {"loss": "bench_loss.py", "batching": "bench_batching.py", "train-step": "bench_train_step.py"}
+FOLDER = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def benchmarks() -> dict[str, pathlib.Path]:
+    """Benchmark name -> file, one per benchmarks/bench_*.py (empty outside a clone)."""
+    files = sorted(FOLDER.glob("bench_*.py"))
+    return {path.stem.removeprefix("bench_").replace("_", "-"): path for path in files}
 
 
 def main(argv: list[str]) -> int:
+    found = benchmarks()
     parser = argparse.ArgumentParser(prog="exprl bench", description=__doc__)
-    parser.add_argument("which", nargs="*", help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all)")
+    parser.add_argument("which", nargs="*", help=f"benchmarks to run: {', '.join(found)} (default: all)")
     parser.add_argument("--quick", action="store_true", help="small shapes: a smoke run in seconds")
     args, extra = parser.parse_known_args(argv)
-    unknown = [name for name in args.which if name not in BENCHMARKS]
-    if unknown:
-        parser.error(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(BENCHMARKS)}")
-    folder = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
-    if not folder.is_dir():
-        print(f"exprl bench: no benchmarks folder at {folder}: run it from a clone", file=sys.stderr)
+    if not found:
+        print(f"exprl bench: no benchmarks at {FOLDER}: run it from a clone", file=sys.stderr)
         return 2
-    files = [str(folder / BENCHMARKS[name]) for name in (args.which or BENCHMARKS)]
+    unknown = [name for name in args.which if name not in found]
+    if unknown:
+        parser.error(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(found)}")
+    files = [str(found[name]) for name in (args.which or found)]
     env = dict(os.environ, EXPRL_BENCH_QUICK="1" if args.quick else os.environ.get("EXPRL_BENCH_QUICK", "0"))
     command = [sys.executable, "-m", "pytest", *files, "--benchmark-enable", "-q", "-s", *extra]
-    return subprocess.call(command, cwd=folder.parent, env=env)
+    return subprocess.call(command, cwd=FOLDER.parent, env=env)

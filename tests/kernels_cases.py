@@ -215,8 +215,8 @@ def grad_atol(x64: torch.Tensor, dtype: torch.dtype, target_ids, advantages, opt
     temperature = options.get("temperature", 1.0)
     logp, entropy = reference.logprobs_and_entropy(x64.detach(), target_ids, temperature=temperature)
     logp = logp.requires_grad_()
-    fields = {f.name for f in dataclasses.fields(reference.ObjectiveOptions)}
-    objective = reference.ObjectiveOptions(**{k: v for k, v in options.items() if k in fields})
+    fields = {f.name for f in dataclasses.fields(reference.LossOptions)}
+    objective = reference.LossOptions(**{k: v for k, v in options.items() if k in fields})
     parts = reference.token_objective(
         logp,
         entropy,

@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-from exprl.bench import BENCHMARKS
+from exprl.bench import benchmarks
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(BENCHMARKS))
+@pytest.mark.parametrize("name", list(benchmarks()))
 def test_benchmark_runs_in_quick_mode(name, tmp_path):
     env = dict(os.environ, EXPRL_BENCH_OUT=str(tmp_path))
     done = subprocess.run(

@@ -7,7 +7,7 @@ import pytest
 import torch
 from kernels_cases import CASES, check_against_reference, make_case
 
-from exprl.kernels import entropy_pg_loss, logprobs_and_entropy, reference, triton_entropy_pg
+from exprl.kernels import entropy_pg_loss, logprobs_and_entropy, reference, triton_backend
 
 # the Triton interpreter evaluates both branches of tl.where in numpy: 0 * inf in the branch not taken
 # (the kernel's -inf and masked-row guards) warns there, never on a GPU
@@ -19,7 +19,7 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 @pytest.fixture(autouse=True)
 def small_triton_blocks(monkeypatch):
     # several blocks per row, the last one ragged, even at the tiny V the interpreter can afford
-    monkeypatch.setattr(triton_entropy_pg, "MAX_BLOCK_V", 32)
+    monkeypatch.setattr(triton_backend, "MAX_BLOCK_V", 32)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

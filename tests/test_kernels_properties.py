@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kernels_cases import grad_atol
 
-from exprl.kernels import LOSS_AGGS, entropy_pg_loss, reference, triton_entropy_pg
+from exprl.kernels import LOSS_AGGS, entropy_pg_loss, reference, triton_backend
 
 # the Triton interpreter evaluates both branches of tl.where in numpy: 0 * inf in the branch not taken
 # (the kernel's -inf and masked-row guards) warns there, never on a GPU
@@ -83,5 +83,5 @@ def test_torch_backend_matches_reference(problem):
 @given(problems())
 def test_triton_backend_matches_reference(problem):
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(triton_entropy_pg, "MAX_BLOCK_V", 16)
+        mp.setattr(triton_backend, "MAX_BLOCK_V", 16)
         _check(problem, "triton")

@@ -18,16 +18,25 @@ pytest.importorskip("triton")
 
 # (logits dtype, compute_grad, HAS_OLD, HAS_REF, USE_DUAL_CLIP, KL_ESTIMATOR)
 VARIANTS = [
-    ("bf16", True, True, True, True, 3),
-    ("fp16", True, False, False, False, 1),
-    ("fp32", False, False, False, False, 2),
+    ("bf16", True, True, True, True, "k3"),
+    ("fp16", True, False, False, False, "k1"),
+    ("fp32", False, False, False, False, "k2"),
 ]
-SCALARS = {"stride_logits": "i64", "targets_ptr": "*i64", "weights_ptr": "*fp32", "advantages_ptr": "*fp32",
-           "old_ptr": "*fp32", "ref_ptr": "*fp32", "logp_ptr": "*fp32", "entropy_ptr": "*fp32",
-           "stride_dlogits": "i64", "vocab": "i32", "inv_temperature": "fp32", "clip_low": "fp32",
+SCALARS = {"stride_logits_b": "i64", "stride_logits_t": "i64", "targets_ptr": "*i64", "weights_ptr": "*fp32",
+           "advantages_ptr": "*fp32", "old_ptr": "*fp32", "ref_ptr": "*fp32", "logp_ptr": "*fp32",
+           "entropy_ptr": "*fp32", "stride_dlogits_b": "i64", "stride_dlogits_t": "i64",
+           "rows_per_batch": "i32", "vocab": "i32", "inv_temperature": "fp32", "clip_low": "fp32",
            "clip_high": "fp32", "dual_clip": "fp32", "kl_coef": "fp32", "entropy_coef": "fp32"}  # fmt: skip
 # what the launcher's specialisation knows at run time: 16-byte aligned pointers, strides % 16 == 0
-ALIGNED = ("logits_ptr", "stride_logits", "dlogits_ptr", "stride_dlogits", "vocab")
+ALIGNED = (
+    "logits_ptr",
+    "stride_logits_b",
+    "stride_logits_t",
+    "dlogits_ptr",
+    "stride_dlogits_b",
+    "stride_dlogits_t",
+    "vocab",
+)
 
 
 def compile_variants() -> dict:
@@ -36,7 +45,7 @@ def compile_variants() -> dict:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from exprl.kernels.triton_entropy_pg import MAX_BLOCK_V, _entropy_pg_kernel
+    from exprl.kernels.triton_backend import MAX_BLOCK_V, _entropy_pg_kernel
 
     ptx = {}
     for dtype, compute_grad, has_old, has_ref, dual, kl in VARIANTS:

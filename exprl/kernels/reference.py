@@ -1,18 +1,25 @@
 """The eager reference of the fused loss op: the spec, written as plain PyTorch math (DESIGN.md §3).
 
-Every backend (`exprl.kernels.torch_fused`, `exprl.kernels.triton_entropy_pg`) must match
+Every backend (`exprl.kernels.torch_backend`, `exprl.kernels.triton_backend`) must match
 `entropy_pg_loss` / `logprobs_and_entropy` below. The small per-token helpers (`expand_advantages`,
-`token_weights`, `token_objective`, `weighted_sum`, `masked_stats`) are O(N) and are shared with the
-fused backends, which only replace the O(N*V) part: log-softmax, entropy and the gradient w.r.t. the
-logits.
+`token_weights`, `token_objective`, `dobjective_dlogp`, `weighted_sum`, `masked_stats`) are O(N) and are
+shared with the fused backends, which only replace the O(N*V) part: log-softmax, entropy and the
+gradient w.r.t. the logits.
 
-This module trusts its arguments; `exprl.kernels.api` validates them first.
+This module also holds the op's constants and its one options object, `LossOptions`: a scalar option
+is one field there (checked in `__post_init__`), read by `token_objective`, `dobjective_dlogp` and the
+Triton kernel. Tensors (mask, log-probs, cu_seqlens, norm_tokens) are per-call data, checked by
+`exprl.kernels.op`; the functions here trust them.
 """
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any
 
 import torch
 
@@ -21,34 +28,76 @@ LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mea
 KL_ESTIMATORS = ("k1", "k2", "k3")
 
 
-@dataclass(frozen=True)
-class ObjectiveOptions:
-    """The per-token objective's constants (DESIGN.md §3), as validated by `exprl.kernels.api`."""
+def check_number(name: str, value: object, *, low: float | None = None, strict: bool = False) -> float:
+    """value as a finite float, >= low (> low when strict); TypeError/ValueError naming `name` if not."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if low is not None and (value <= low if strict else value < low):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {low}, got {value}")
+    return value
 
+
+@dataclass(frozen=True)
+class LossOptions:
+    """The scalar options of the loss (DESIGN.md §3), checked on construction; carried unchanged from
+    `exprl.kernels.op` to the backends.
+
+    temperature: logits are divided by it (> 0). clip_low, clip_high: the ratio is clipped to
+    [1 - clip_low, 1 + clip_high]. dual_clip: c > 1 caps -A r at -A c where A < 0 (None: off).
+    kl_coef, kl_estimator: weight (>= 0) and estimator of the KL to the reference policy.
+    entropy_coef: weight of the entropy bonus (the loss gets -entropy_coef * H). loss_agg: how token
+    losses are aggregated (`token_weights`). max_len: the constant of seq-mean-token-sum-norm
+    (None: T of a (B, T) batch, or the longest packed sequence).
+    """
+
+    temperature: float = 1.0
     clip_low: float = 0.2
     clip_high: float = 0.2
     dual_clip: float | None = None
     kl_coef: float = 0.0
     kl_estimator: str = "k3"
     entropy_coef: float = 0.0
+    loss_agg: str = "token-mean"
+    max_len: int | None = None
 
+    def __post_init__(self) -> None:
+        checked = {
+            "temperature": check_number("temperature", self.temperature, low=0.0, strict=True),
+            "clip_low": check_number("clip_low", self.clip_low, low=0.0),
+            "clip_high": check_number("clip_high", self.clip_high, low=0.0),
+            "kl_coef": check_number("kl_coef", self.kl_coef, low=0.0),
+            "entropy_coef": check_number("entropy_coef", self.entropy_coef),
+        }
+        if self.dual_clip is not None:
+            checked["dual_clip"] = check_number("dual_clip", self.dual_clip, low=1.0, strict=True)
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}")
+        if self.loss_agg not in LOSS_AGGS:
+            raise ValueError(f"loss_agg must be one of {LOSS_AGGS}, got {self.loss_agg!r}")
+        if self.max_len is not None:
+            if self.loss_agg != "seq-mean-token-sum-norm":
+                raise ValueError(
+                    f"max_len applies to loss_agg='seq-mean-token-sum-norm' only, got {self.loss_agg!r}"
+                )
+            if isinstance(self.max_len, bool) or not isinstance(self.max_len, numbers.Integral):
+                raise ValueError(f"max_len must be a positive integer, got {self.max_len!r}")
+            if self.max_len <= 0:
+                raise ValueError(f"max_len must be a positive integer, got {self.max_len!r}")
+            object.__setattr__(self, "max_len", int(self.max_len))
 
-class TokenInputs(NamedTuple):
-    """The per-token inputs of a fused backend's sweep, each (N,): targets int64, the rest fp32.
+    def encode(self) -> str:
+        """The options as one string, how they cross the `torch.library` op schema (it takes no objects);
+        plain string formatting, which torch.compile traces (json.dumps it does not)."""
+        return repr({field.name: getattr(self, field.name) for field in dataclasses.fields(self)})
 
-    weights are the w_t of `token_weights`; advantages are per token (`expand_advantages`). old and
-    ref log-probs are None when absent; weights and advantages may be None when no gradient is asked.
-    """
-
-    targets: torch.Tensor
-    weights: torch.Tensor | None
-    advantages: torch.Tensor | None
-    old_logprobs: torch.Tensor | None
-    ref_logprobs: torch.Tensor | None
-
-    def rows(self, start: int, stop: int) -> TokenInputs:
-        """The same inputs restricted to rows [start, stop) (views, no copy)."""
-        return TokenInputs(*(None if v is None else v[start:stop] for v in self))
+    @classmethod
+    def decode(cls, text: str) -> LossOptions:
+        return cls(**ast.literal_eval(text))
 
 
 @dataclass
@@ -145,7 +194,7 @@ def token_objective(
     advantages: torch.Tensor,
     old_logprobs: torch.Tensor | None,
     ref_logprobs: torch.Tensor | None,
-    options: ObjectiveOptions,
+    options: LossOptions,
 ) -> dict[str, torch.Tensor]:
     """Per-token objective l = pg + kl_coef * kl - entropy_coef * H, plus its parts for the stats.
 
@@ -165,6 +214,37 @@ def token_objective(
         kl = {"k1": -d, "k2": 0.5 * d * d, "k3": torch.exp(d) - d - 1}[options.kl_estimator]
     objective = pg + options.kl_coef * kl - options.entropy_coef * entropy
     return {"l": objective, "ratio": ratio, "clipped": pg != pg_unclipped, "kl": kl}
+
+
+def dobjective_dlogp(
+    logp: torch.Tensor,
+    advantages: torch.Tensor,
+    old_logprobs: torch.Tensor | None,
+    ref_logprobs: torch.Tensor | None,
+    options: LossOptions,
+) -> torch.Tensor:
+    """g = dl/dlogp of `token_objective` in closed form, per token (same shape and dtype as logp).
+
+    The fused backends need it inside their sweep, where autograd is not available; the entropy term
+    enters the logits' gradient separately (dl/dH = -entropy_coef).
+    """
+    ratio = torch.ones_like(logp) if old_logprobs is None else torch.exp(logp - old_logprobs)
+    pg_unclipped = -advantages * ratio
+    pg_clipped = -advantages * ratio.clamp(1 - options.clip_low, 1 + options.clip_high)
+    # the ratio gets a gradient only where the unclipped branch is the one taken
+    active = pg_unclipped >= pg_clipped
+    if options.dual_clip is not None:
+        active &= ~((advantages < 0) & (-advantages * options.dual_clip < pg_unclipped))
+    g = torch.where(active, pg_unclipped, 0.0)
+    if ref_logprobs is not None and options.kl_coef != 0:
+        d = ref_logprobs - logp
+        if options.kl_estimator == "k1":
+            g = g + options.kl_coef
+        elif options.kl_estimator == "k2":
+            g = g - options.kl_coef * d
+        else:
+            g = g + options.kl_coef * (1 - torch.exp(d))
+    return g
 
 
 def weighted_sum(w: torch.Tensor, objective: torch.Tensor) -> torch.Tensor:
@@ -219,25 +299,18 @@ def entropy_pg_loss(
     mask: torch.Tensor | None = None,
     old_logprobs: torch.Tensor | None = None,
     ref_logprobs: torch.Tensor | None = None,
-    temperature: float = 1.0,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    dual_clip: float | None = None,
-    kl_coef: float = 0.0,
-    kl_estimator: str = "k3",
-    entropy_coef: float = 0.0,
-    loss_agg: str = "token-mean",
     norm_tokens: float | torch.Tensor | None = None,
-    max_len: int | None = None,
     cu_seqlens: torch.Tensor | None = None,
+    **options: Any,
 ) -> PGLossOutput:
     """Clipped policy-gradient loss with KL and entropy terms (DESIGN.md §3), plain autograd.
 
     logits (N, V) or (B, T, V); target_ids, mask, old/ref_logprobs of shape (N,) or (B, T);
-    advantages of that shape or one per sequence.
+    advantages of that shape or one per sequence; `options` are the fields of `LossOptions`.
     """
+    opts = LossOptions(**options)
     dtype = compute_dtype(logits.dtype)
-    logp, entropy = _log_softmax_stats(logits, target_ids, temperature)
+    logp, entropy = _log_softmax_stats(logits, target_ids, opts.temperature)
     m = token_mask(target_ids, mask, dtype)
     adv = expand_advantages(advantages, target_ids.shape, cu_seqlens).to(dtype)
     parts = token_objective(
@@ -246,8 +319,8 @@ def entropy_pg_loss(
         adv,
         None if old_logprobs is None else old_logprobs.to(dtype),
         None if ref_logprobs is None else ref_logprobs.to(dtype),
-        ObjectiveOptions(clip_low, clip_high, dual_clip, kl_coef, kl_estimator, entropy_coef),
+        opts,
     )
-    w = token_weights(m, loss_agg, norm_tokens=norm_tokens, max_len=max_len, cu_seqlens=cu_seqlens)
+    w = token_weights(m, opts.loss_agg, norm_tokens=norm_tokens, max_len=opts.max_len, cu_seqlens=cu_seqlens)
     loss = weighted_sum(w, parts["l"])
     return PGLossOutput(loss, logp.detach(), entropy.detach(), masked_stats(m, parts, entropy))

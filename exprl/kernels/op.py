@@ -1,37 +1,37 @@
-"""Public entry points of the loss op: validate and normalise arguments, then dispatch by backend.
+"""The loss op: the public entry points, their argument checks, and the autograd of the fused path.
 
-The O(N) work (advantage broadcast, aggregation weights w_t, stats) happens here in torch; the fused
-backends only do the O(N*V) part (see `exprl.kernels.fused`).
-The `triton` backend module is imported on first use, so CPU-only installs never import triton.
+`entropy_pg_loss` and `logprobs_and_entropy` validate their arguments, build one `LossOptions`, and
+dispatch by backend: `eager` runs `exprl.kernels.reference` (the spec); `triton` and `torch` run a
+fused `LossBackend.sweep` (`exprl.kernels.backend`) inside a `torch.library` custom op.
+
+The O(N) work (advantage broadcast, aggregation weights w_t, the per-token objective, stats) happens
+here in torch with the spec's helpers; the backend's sweep does the O(N*V) part: one pass over the
+logits that yields the target log-probs, the entropies and, when the logits need a gradient,
+dlogits = d(loss)/d(logits) in a preallocated buffer of the logits' dtype. Backward only scales
+dlogits by the incoming gradient (skipped when that is exactly 1, the usual `loss.backward()`), so the
+N x V buffer is neither re-read nor copied.
+
+Why a custom op rather than a bare autograd.Function: the op is opaque to the compiler, so dynamo
+does not try to trace the Python chunk loop or the Triton launches; in eager mode the extra dispatch
+costs tens of microseconds per call, negligible next to a sweep over N x V logits. Its schema takes
+no Python objects, so `LossOptions` crosses it as one string (`LossOptions.encode`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import math
-import numbers
 import os
 
 import torch
 
-from exprl.kernels import fused, reference
-from exprl.kernels.reference import IGNORE_INDEX, KL_ESTIMATORS, LOSS_AGGS, ObjectiveOptions, PGLossOutput
+from exprl.kernels import reference
+from exprl.kernels.backend import TokenInputs, load_backend
+from exprl.kernels.reference import IGNORE_INDEX, LossOptions, PGLossOutput, check_number
 
 BACKENDS = ("auto", "triton", "torch", "eager")
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
-
-
-def _check_number(name: str, value: object, *, low: float | None = None, strict: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if low is not None and (value <= low if strict else value < low):
-        raise ValueError(f"{name} must be {'>' if strict else '>='} {low}, got {value}")
-    return value
 
 
 def _check_token_tensor(name: str, value: object, shape: torch.Size, device: torch.device) -> torch.Tensor:
@@ -80,6 +80,11 @@ def _check_logits_and_targets(logits: object, target_ids: object) -> tuple[torch
             f"got {int(target_ids[bad].reshape(-1)[0])}"
         )
     return logits, target_ids.long()
+
+
+def _unit_vocab_stride(logits: torch.Tensor) -> torch.Tensor:
+    """The logits with unit stride over V, as the fused backends read them (a copy only if needed)."""
+    return logits if logits.shape[-1] == 1 or logits.stride(-1) == 1 else logits.contiguous()
 
 
 def _resolve_backend(backend: object, logits: torch.Tensor) -> str:
@@ -135,39 +140,101 @@ def _check_advantages(
     return advantages
 
 
-def _check_options(
-    loss_agg: object,
-    kl_estimator: object,
-    kl_coef: float,
+def _check_call_options(
+    options: LossOptions,
     ref_logprobs: torch.Tensor | None,
     norm_tokens: object,
-    max_len: object,
     cu_seqlens: torch.Tensor | None,
     logits: torch.Tensor,
 ) -> None:
-    if loss_agg not in LOSS_AGGS:
-        raise ValueError(f"loss_agg must be one of {LOSS_AGGS}, got {loss_agg!r}")
-    if kl_estimator not in KL_ESTIMATORS:
-        raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {kl_estimator!r}")
-    if kl_coef > 0 and ref_logprobs is None:
+    """The checks that tie the options to this call's tensors (LossOptions checks itself)."""
+    if options.kl_coef > 0 and ref_logprobs is None:
         raise ValueError("ref_logprobs is required when kl_coef > 0")
     if norm_tokens is not None:
-        if loss_agg != "token-mean":
-            raise ValueError(f"norm_tokens applies to loss_agg='token-mean' only, got loss_agg={loss_agg!r}")
+        if options.loss_agg != "token-mean":
+            raise ValueError(
+                f"norm_tokens applies to loss_agg='token-mean' only, got loss_agg={options.loss_agg!r}"
+            )
         if isinstance(norm_tokens, torch.Tensor):
             if norm_tokens.numel() != 1 or norm_tokens.is_complex():
                 raise ValueError(
                     f"norm_tokens must be a scalar, got a tensor of shape {tuple(norm_tokens.shape)}"
                 )
         else:
-            _check_number("norm_tokens", norm_tokens, low=0.0)
-    if max_len is not None:
-        if loss_agg != "seq-mean-token-sum-norm":
-            raise ValueError(f"max_len applies to loss_agg='seq-mean-token-sum-norm' only, got {loss_agg!r}")
-        if isinstance(max_len, bool) or not isinstance(max_len, numbers.Integral) or max_len <= 0:
-            raise ValueError(f"max_len must be a positive integer, got {max_len!r}")
-    if loss_agg != "token-mean" and logits.dim() == 2 and cu_seqlens is None:
-        raise ValueError(f"cu_seqlens is required for loss_agg={loss_agg!r} with packed (N, V) logits")
+            check_number("norm_tokens", norm_tokens, low=0.0)
+    agg = options.loss_agg
+    if agg != "token-mean" and logits.dim() == 2 and cu_seqlens is None:
+        raise ValueError(f"cu_seqlens is required for loss_agg={agg!r} with packed (N, V) logits")
+
+
+@torch.library.custom_op("exprl::entropy_pg_loss", mutates_args=())
+def _loss_op(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor,
+    advantages: torch.Tensor,
+    old_logprobs: torch.Tensor | None,
+    ref_logprobs: torch.Tensor | None,
+    options: str,
+    backend: str,
+    compute_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """logits (N, V) or (B, T, V); targets, weights, advantages, old/ref (rows,) (fp32 but targets);
+    options: `LossOptions.encode()`. compute_grad: fill dlogits for backward (else it is empty).
+
+    Returns (loss 0-dim fp32, differentiable w.r.t. logits; then per row, (rows,) fp32: logprobs,
+    entropy, ratio, clipped (0/1), kl; then dlogits, the logits' shape and dtype, for backward only).
+    """
+    opts = LossOptions.decode(options)
+    tokens = TokenInputs(targets, weights, advantages, old_logprobs, ref_logprobs)
+    dlogits = torch.empty_like(logits, memory_format=torch.contiguous_format) if compute_grad else None
+    logp, entropy = load_backend(backend).sweep(logits, tokens, opts, dlogits)
+    parts = reference.token_objective(logp, entropy, advantages, old_logprobs, ref_logprobs, opts)
+    loss = reference.weighted_sum(weights, parts["l"])
+    if dlogits is None:
+        dlogits = logits.new_empty(0)
+    return loss, logp, entropy, parts["ratio"], parts["clipped"].float(), parts["kl"], dlogits
+
+
+@_loss_op.register_fake
+def _(logits, targets, weights, advantages, old_logprobs, ref_logprobs, options, backend, compute_grad):
+    rows = targets.shape[0]
+    per_row = [logits.new_empty(rows, dtype=torch.float32) for _ in range(5)]
+    dlogits = logits.new_empty(logits.shape) if compute_grad else logits.new_empty(0)
+    return (logits.new_empty((), dtype=torch.float32), *per_row, dlogits)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    ctx.save_for_backward(output[-1])
+    # only the loss is differentiable: no zero-filled N x V gradient for the dlogits output
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, grad_loss, *unused):
+    (dlogits,) = ctx.saved_tensors
+    scaled = dlogits
+    # reading grad_loss is a host sync on CUDA (it waits for the queued forward); every sync-free form
+    # scales always: an extra N x V read, write and buffer even in the usual case grad_loss == 1
+    if torch.compiler.is_compiling() or float(grad_loss) != 1.0:
+        scaled = dlogits * grad_loss.to(dlogits.dtype)
+    return (scaled,) + (None,) * (len(ctx.needs_input_grad) - 1)
+
+
+_loss_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("exprl::logprobs_and_entropy", mutates_args=())
+def _logprobs_op(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float, backend: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (N, V) or (B, T, V), targets (rows,) int64 -> (logprobs, entropy), (rows,) fp32; no autograd."""
+    return load_backend(backend).sweep(logits, TokenInputs(targets), LossOptions(temperature=temperature))
+
+
+@_logprobs_op.register_fake
+def _(logits, targets, temperature, backend):
+    rows = targets.shape[0]
+    return logits.new_empty(rows, dtype=torch.float32), logits.new_empty(rows, dtype=torch.float32)
 
 
 def logprobs_and_entropy(
@@ -179,13 +246,12 @@ def logprobs_and_entropy(
     ignore_index -100 (its log-prob is 0). Returns (logprobs, entropy), fp32, shape of target_ids.
     """
     logits, target_ids = _check_logits_and_targets(logits, target_ids)
-    temperature = _check_number("temperature", temperature, low=0.0, strict=True)
+    temperature = check_number("temperature", temperature, low=0.0, strict=True)
     backend = _resolve_backend(backend, logits)
     if backend == "eager":
         return reference.logprobs_and_entropy(logits, target_ids, temperature=temperature)
-    vocab = logits.shape[-1]
-    logp, entropy = fused.logprobs_and_entropy_op(
-        logits.detach().reshape(-1, vocab), target_ids.reshape(-1), temperature, backend
+    logp, entropy = _logprobs_op(
+        _unit_vocab_stride(logits.detach()), target_ids.reshape(-1), temperature, backend
     )
     return logp.reshape(target_ids.shape), entropy.reshape(target_ids.shape)
 
@@ -217,7 +283,8 @@ def entropy_pg_loss(
     target_ids: (N,) or (B, T) int64, ignore_index -100 marks masked tokens.
     advantages: shape of target_ids, or (B,) broadcast over T, or (S,) per packed sequence.
     mask, old_logprobs, ref_logprobs: shape of target_ids (mask bool or float).
-    See DESIGN.md §3 for the math; returns `PGLossOutput` (loss differentiable w.r.t. logits only).
+    The scalar options are the fields of `LossOptions`; see DESIGN.md §3 for the math.
+    Returns `PGLossOutput` (loss differentiable w.r.t. logits only).
     """
     logits, target_ids = _check_logits_and_targets(logits, target_ids)
     device, shape = logits.device, target_ids.shape
@@ -231,16 +298,19 @@ def entropy_pg_loss(
         old_logprobs = _check_float_tensor("old_logprobs", old_logprobs, shape, device)
     if ref_logprobs is not None:
         ref_logprobs = _check_float_tensor("ref_logprobs", ref_logprobs, shape, device)
-    temperature = _check_number("temperature", temperature, low=0.0, strict=True)
-    clip_low = _check_number("clip_low", clip_low, low=0.0)
-    clip_high = _check_number("clip_high", clip_high, low=0.0)
-    if dual_clip is not None:
-        dual_clip = _check_number("dual_clip", dual_clip, low=1.0, strict=True)
-    kl_coef = _check_number("kl_coef", kl_coef, low=0.0)
-    entropy_coef = _check_number("entropy_coef", entropy_coef)
-    _check_options(loss_agg, kl_estimator, kl_coef, ref_logprobs, norm_tokens, max_len, cu_seqlens, logits)
+    options = LossOptions(
+        temperature=temperature,
+        clip_low=clip_low,
+        clip_high=clip_high,
+        dual_clip=dual_clip,
+        kl_coef=kl_coef,
+        kl_estimator=kl_estimator,
+        entropy_coef=entropy_coef,
+        loss_agg=loss_agg,
+        max_len=max_len,
+    )
+    _check_call_options(options, ref_logprobs, norm_tokens, cu_seqlens, logits)
     backend = _resolve_backend(backend, logits)
-    options = ObjectiveOptions(clip_low, clip_high, dual_clip, kl_coef, kl_estimator, entropy_coef)
     if backend == "eager":
         return reference.entropy_pg_loss(
             logits,
@@ -249,16 +319,13 @@ def entropy_pg_loss(
             mask=mask,
             old_logprobs=old_logprobs,
             ref_logprobs=ref_logprobs,
-            temperature=temperature,
-            loss_agg=loss_agg,
             norm_tokens=norm_tokens,
-            max_len=max_len,
             cu_seqlens=cu_seqlens,
             **dataclasses.asdict(options),
         )
     m = reference.token_mask(target_ids, mask, torch.float32)
     weights = reference.token_weights(
-        m, loss_agg, norm_tokens=norm_tokens, max_len=max_len, cu_seqlens=cu_seqlens
+        m, options.loss_agg, norm_tokens=norm_tokens, max_len=options.max_len, cu_seqlens=cu_seqlens
     )
     per_token_adv = reference.expand_advantages(advantages, shape, cu_seqlens)
 
@@ -266,15 +333,14 @@ def entropy_pg_loss(
         return None if x is None else x.reshape(-1).float()
 
     compute_grad = logits.requires_grad and torch.is_grad_enabled()
-    loss, logp, entropy, ratio, clipped, kl, _ = fused.entropy_pg_op(
-        logits.reshape(-1, logits.shape[-1]),
+    loss, logp, entropy, ratio, clipped, kl, _ = _loss_op(
+        _unit_vocab_stride(logits),
         target_ids.reshape(-1),
         flat(weights),
         flat(per_token_adv),
         flat(old_logprobs),
         flat(ref_logprobs),
-        temperature,
-        *dataclasses.astuple(options),
+        options.encode(),
         backend,
         compute_grad,
     )

@@ -1,14 +1,16 @@
 """`triton` backend of the loss op: one program per row, logits read in their own dtype.
 
-Matches `exprl.kernels.reference.logprobs_and_entropy` and the O(N*V) part of
-`exprl.kernels.reference.entropy_pg_loss` (the per-token objective is `reference.token_objective`).
+Implements `exprl.kernels.backend.LossBackend`: matches `exprl.kernels.reference.logprobs_and_entropy`
+and the O(N*V) part of `exprl.kernels.reference.entropy_pg_loss`; the kernel's g is
+`reference.dobjective_dlogp`, written out in Triton.
 
 Per row, sweep 1 reads the logits once with an online log-sum-exp and a running sum of
 p_j (z_j - max), both in fp32 and in base 2 (one exp2 per element); then the row's log-prob,
 entropy and g = dl/dlogp are scalars. When the logits need a gradient, sweep 2 reads the row again
 and writes dlogits = w (g (onehot - p) - h p (z - mu)) / temperature, so a forward+backward costs
 two reads and one write of N x V and no N x V fp32 temporary exists. Temperature, clip bounds,
-coefficients and sizes are runtime arguments (no recompilation); row offsets are 64-bit.
+coefficients and sizes are runtime arguments (no recompilation); row offsets are 64-bit and follow
+the (batch, time) strides of the logits and of the gradient, so strided views are read in place.
 """
 
 from __future__ import annotations
@@ -17,17 +19,18 @@ import torch
 import triton
 import triton.language as tl
 
-from exprl.kernels.reference import IGNORE_INDEX, ObjectiveOptions, TokenInputs
+from exprl.kernels.backend import TokenInputs
+from exprl.kernels.reference import IGNORE_INDEX, LossOptions
 
 # 4096 bf16 logits = 8 KiB per block: 16 elements (two 16-byte loads) per thread at 8 warps.
 MAX_BLOCK_V = 4096
-_KL_CODES = {"k1": 1, "k2": 2, "k3": 3}
 
 
 @triton.jit
 def _entropy_pg_kernel(
     logits_ptr,
-    stride_logits,
+    stride_logits_b,
+    stride_logits_t,
     targets_ptr,
     weights_ptr,
     advantages_ptr,
@@ -36,7 +39,9 @@ def _entropy_pg_kernel(
     logp_ptr,
     entropy_ptr,
     dlogits_ptr,
-    stride_dlogits,
+    stride_dlogits_b,
+    stride_dlogits_t,
+    rows_per_batch,
     vocab,
     inv_temperature,
     clip_low,
@@ -55,7 +60,9 @@ def _entropy_pg_kernel(
     LOG2E: tl.constexpr = 1.4426950408889634
     LN2: tl.constexpr = 0.6931471805599453
     row = tl.program_id(0).to(tl.int64)
-    row_ptr = logits_ptr + row * stride_logits
+    batch = row // rows_per_batch
+    time = row - batch * rows_per_batch
+    row_ptr = logits_ptr + batch * stride_logits_b + time * stride_logits_t
     cols = tl.arange(0, BLOCK_V)
     # y = z * log2(e): base-2 units, so each element costs one exp2
     scale = inv_temperature * LOG2E
@@ -98,9 +105,9 @@ def _entropy_pg_kernel(
         g = tl.where(active, pg_unclipped, 0.0)
         if HAS_REF:
             d = tl.load(ref_ptr + row) - logp
-            if KL_ESTIMATOR == 1:
+            if KL_ESTIMATOR == "k1":
                 g += kl_coef
-            elif KL_ESTIMATOR == 2:
+            elif KL_ESTIMATOR == "k2":
                 g += -kl_coef * d
             else:
                 g += kl_coef * (1.0 - tl.exp(d))
@@ -109,7 +116,7 @@ def _entropy_pg_kernel(
         lse2 = m + log2_sum
         mu2 = m + shifted_mu
         h_ln2 = -entropy_coef * LN2
-        grad_row_ptr = dlogits_ptr + row * stride_dlogits
+        grad_row_ptr = dlogits_ptr + batch * stride_dlogits_b + time * stride_dlogits_t
         for start in range(0, vocab, BLOCK_V):
             idx = start + cols
             in_row = idx < vocab
@@ -123,43 +130,39 @@ def _entropy_pg_kernel(
             tl.store(grad_row_ptr + idx, dz.to(dlogits_ptr.dtype.element_ty), mask=in_row)
 
 
-def logprobs_and_entropy(
-    logits: torch.Tensor, targets: torch.Tensor, temperature: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits (N, V), targets (N,) int64 -> (logprobs, entropy), (N,) fp32 each; forward only."""
-    tokens = TokenInputs(targets, None, None, None, None)
-    logp, entropy, _ = entropy_pg_forward(
-        logits, tokens, temperature=temperature, options=ObjectiveOptions(), compute_grad=False
-    )
-    return logp, entropy
+def _strides(x: torch.Tensor) -> tuple[int, int, int]:
+    """(batch stride, time stride, rows per batch) of (N, V) or (B, T, V): (N, V) is one batch row."""
+    if x.dim() == 2:
+        return 0, x.stride(0), x.shape[0]
+    return x.stride(0), x.stride(1), x.shape[1]
 
 
-def entropy_pg_forward(
+def sweep(
     logits: torch.Tensor,
     tokens: TokenInputs,
-    *,
-    temperature: float,
-    options: ObjectiveOptions,
-    compute_grad: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Same contract as `exprl.kernels.torch_fused.entropy_pg_forward`: (logprobs, entropy, dlogits)."""
-    if logits.stride(-1) != 1:
-        logits = logits.contiguous()
+    options: LossOptions,
+    grad: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`LossBackend.sweep`: (logprobs, entropy), (rows,) fp32; fills `grad` with dlogits when given."""
     # the kernel indexes the per-token vectors by row: unit stride (an expanded (B,) advantage has 0)
     targets, weights, advantages, old, ref = (None if v is None else v.contiguous() for v in tokens)
-    n, vocab = logits.shape
+    n, vocab = len(targets), logits.shape[-1]
     logp = torch.empty(n, dtype=torch.float32, device=logits.device)
     entropy = torch.empty_like(logp)
-    dlogits = torch.empty_like(logits, memory_format=torch.contiguous_format) if compute_grad else None
     if n == 0:
-        return logp, entropy, dlogits
+        return logp, entropy
+    if vocab > 1 and (logits.stride(-1) != 1 or (grad is not None and grad.stride(-1) != 1)):
+        raise ValueError("the triton backend needs logits and grad with unit stride over the vocabulary")
     block_v = min(MAX_BLOCK_V, triton.next_power_of_2(vocab))
     num_warps = 8 if block_v >= 2048 else 4
     placeholder = logp  # never read: the constexpr flags switch those loads off
     use_ref = ref is not None and options.kl_coef != 0
+    stride_b, stride_t, rows_per_batch = _strides(logits)
+    grad_b, grad_t, _ = (0, vocab, 0) if grad is None else _strides(grad)
     _entropy_pg_kernel[(n,)](
         logits,
-        logits.stride(0),
+        stride_b,
+        stride_t,
         targets,
         placeholder if weights is None else weights,
         placeholder if advantages is None else advantages,
@@ -167,10 +170,12 @@ def entropy_pg_forward(
         ref if use_ref else placeholder,
         logp,
         entropy,
-        placeholder if dlogits is None else dlogits,
-        vocab if dlogits is None else dlogits.stride(0),
+        placeholder if grad is None else grad,
+        grad_b,
+        grad_t,
+        rows_per_batch,
         vocab,
-        1.0 / temperature,
+        1.0 / options.temperature,
         options.clip_low,
         options.clip_high,
         options.dual_clip or 0.0,
@@ -179,10 +184,10 @@ def entropy_pg_forward(
         HAS_OLD=old is not None,
         HAS_REF=use_ref,
         USE_DUAL_CLIP=options.dual_clip is not None,
-        KL_ESTIMATOR=_KL_CODES[options.kl_estimator],
-        COMPUTE_GRAD=compute_grad,
+        KL_ESTIMATOR=options.kl_estimator,
+        COMPUTE_GRAD=grad is not None,
         IGNORE_INDEX=IGNORE_INDEX,
         BLOCK_V=block_v,
         num_warps=num_warps,
     )
-    return logp, entropy, dlogits
+    return logp, entropy
