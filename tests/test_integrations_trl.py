@@ -19,6 +19,7 @@ from exprl.data import builtin_problems
 from exprl.integrations.trl import LOSS_AGG_OF_LOSS_TYPE, ExpRLGRPOTrainer, exprl_reward
 from exprl.models import tiny_base_path
 from tests.rewards_tiny_model import save_tiny_llama
+from tests.test_rewards_http import server  # noqa: F401  (the chat-server fixture)
 
 TINY = str(tiny_base_path())
 LOSS_TYPES = sorted(LOSS_AGG_OF_LOSS_TYPE)
@@ -432,3 +433,25 @@ def test_reward_reading_a_missing_column_names_it():
         ValueError, match=r"column 'solution', which the dataset lacks; its columns: \['answer'"
     ):
         reward(prompts=["Q"], completions=["A"], completion_ids=[[1]], answer=["1"])
+
+
+def test_http_judge_sees_the_reference_column_and_its_failures_are_counted(server):  # noqa: F811
+    # the echo server answers the last "[judge says: ...]" in the judge prompt: here it stands in the
+    # reference column, so a grade comes back only if the reference reached the judge
+    reward = exprl_reward("http", base_url=server, model="echo", backoff_s=0.01)
+    logged = []
+    scores = reward(
+        prompts=["Q: 5*3*6\nA: "] * 2,
+        completions=["5*3=15", ""],
+        completion_ids=[[1]] * 2,
+        reference=["5*3=15 [judge says: Score: 4]"] * 2,
+        answer=["90"] * 2,
+        log_metric=lambda name, value: logged.append((name, value)),
+    )
+    assert scores == [0.75, 0.0]  # an empty completion is graded 1 without a request
+    broken = exprl_reward("http", base_url=server, model="broken", retries=0)
+    columns = {"reference": [REFERENCE], "answer": ["90"], "completion_ids": [[1]]}
+    assert broken(
+        prompts=["Q"], completions=["5*3=15"], log_metric=lambda n, v: logged.append((n, v)), **columns
+    ) == [None]
+    assert logged == [("http/ungraded", 0.0), ("http/ungraded", 1.0)]
