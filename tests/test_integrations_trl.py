@@ -324,8 +324,12 @@ COMPLETIONS = [
 
 
 def test_per_token_reward_adds_its_scores_to_the_sequence_advantage(tmp_path):
-    def position_reward(completion_ids, **_):
-        return [[0.1 * (t + 1) for t in range(len(ids))] for ids in completion_ids]
+    def position_reward(completions, completion_ids, **_):
+        # the last completion is ungraded: it keeps the sequence advantage alone
+        return [
+            None if c == COMPLETIONS[-1] else [0.1 * (t + 1) for t in range(len(ids))]
+            for c, ids in zip(completions, completion_ids, strict=True)
+        ]
 
     position_reward.granularity = "token"
 
@@ -337,9 +341,13 @@ def test_per_token_reward_adds_its_scores_to_the_sequence_advantage(tmp_path):
     sequence = (rewards - rewards.mean()) / (rewards.std() + 1e-4)  # TRL's group normalisation
     advantages = batch["advantages"]
     assert advantages.shape == batch["completion_ids"].shape
-    for b, n in enumerate(batch["completion_mask"].sum(1).tolist()):
-        expected = sequence[b] + 0.1 * torch.arange(1, n + 1)
-        torch.testing.assert_close(advantages[b, :n], expected, atol=1e-5, rtol=0)
+    lengths = batch["completion_mask"].sum(1).tolist()
+    for b, n in enumerate(lengths):
+        token_part = 0.1 * torch.arange(1, n + 1) if b < 3 else torch.zeros(n)
+        torch.testing.assert_close(advantages[b, :n], sequence[b] + token_part, atol=1e-5, rtol=0)
+    # logged: the mean over graded completions of their mean token score, not TRL's 0.0 placeholders
+    logged = trainer._metrics["train"]["rewards/position_reward/mean"][-1]
+    assert logged == pytest.approx(sum(0.1 * (n + 1) / 2 for n in lengths[:3]) / 3)
 
 
 def test_process_judge_gives_delta_norm_advantages_per_segment(tmp_path):
