@@ -8,8 +8,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("exprl.train.cli", "main", "ExpRL or sparse GRPO (no arguments: the embedded default)"),
     "sft": ("exprl.train.cli", "sft_main", "the SFT baseline on the reference solutions"),
     "eval": ("exprl.eval.cli", "main", "pass@k of a model on task splits"),
-    "experiment": ("exprl.eval.experiment", "main", "the comparison of SFT, GRPO and ExpRL, stage I then II"),
-    "pretrain": ("exprl.models.pretrain", "main", "train the tiny base model shipped in the package"),
+    "experiment": ("exprl.experiment.cli", "main", "the comparison of SFT, GRPO and ExpRL, stage I then II"),
+    "pretrain": ("exprl.train.pretrain", "main", "train the tiny base model shipped in the package"),
     "bench": ("exprl.bench", "main", "run the kernel and training microbenchmarks against eager PyTorch"),
 }
 

@@ -3,6 +3,7 @@ tensors and DeepSpeed uses its CPU accelerator. Both must be set before triton/d
 
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
@@ -11,3 +12,20 @@ if not torch.cuda.is_available():
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict:
+    """Random tiny Llamas with the task tokenizer, built once per session (`train_helpers.make_tiny_model`):
+    "plain", "digits" (every digit ends a response, for the stop-digit toy task) and "reward", the toy
+    task's reward file (`train_helpers.DIGIT_REWARD`)."""
+    from train_helpers import DIGIT_REWARD, make_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    reward_file = root / "stop_digit.py"
+    reward_file.write_text(DIGIT_REWARD)
+    return {
+        "plain": make_tiny_model(root / "plain"),
+        "digits": make_tiny_model(root / "digits", digits_stop=True),
+        "reward": reward_file,
+    }

@@ -36,7 +36,7 @@ def _normal(shape, seed=2):
 
 
 def make_case(name: str) -> Case:
-    """Scenarios that together cover every option, aggregation mode and input layout of DESIGN.md §3."""
+    """Scenarios that together cover every option, aggregation mode and input layout of docs/design.md §3."""
     if name == "on-policy-flat-ragged-V":
         n, v = 12, 300  # V = 300 is not a multiple of any block size
         return Case(_logits((n, v)), _targets((n,), v), _normal((n,)))

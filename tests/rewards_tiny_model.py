@@ -50,7 +50,7 @@ def save_tiny_llama(directory: Path, seed: int = 0, says: str | None = None) -> 
     tokenizer = build_tokenizer()
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.model_max_length = 4096  # judge prompts are ~1100 tokens of this character-level vocabulary
-    # Smaller than the shipped base (exprl.models.pretrain.tiny_config) so it learns "says" in ~2 s, and
+    # Smaller than the shipped base (exprl.train.pretrain.tiny_config) so it learns "says" in ~2 s, and
     # with room for judge prompts (~1100 tokens), which the shipped base's 256 positions cannot hold.
     config = LlamaConfig(
         vocab_size=len(tokenizer),

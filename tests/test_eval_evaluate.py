@@ -12,7 +12,7 @@ import json
 import math
 
 import pytest
-from eval_fixtures import bigram_policy, problems
+from eval_helpers import bigram_policy, problems
 
 from exprl.eval import evaluate, pass_at_k
 from exprl.eval.cli import main as eval_main
@@ -133,7 +133,7 @@ def test_cli_writes_json_and_markdown(tmp_path):
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text(json.dumps({"problem": "Q: 3+4\nA: ", "answer": "7"}) + "\n")
     out = tmp_path / "out"
-    argv = ["--model", str(tmp_path / "model"), "--tasks", str(tasks), "--n", "2", "--k", "1,2"]
+    argv = ["--model", str(tmp_path / "model"), "--problems", str(tasks), "--n", "2", "--k", "1,2"]
     assert eval_main([*argv, "--max-new-tokens", "8", "--out", str(out), "--no-progress"]) == 0
     data = json.loads((out / "eval.json").read_text())
     (split,) = data["splits"]

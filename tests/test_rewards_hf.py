@@ -73,7 +73,7 @@ def test_a_tokenizer_without_chat_template_gets_plain_prompts(random_path):
 def test_bad_options_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="path="):
         build_reward("hf")
-    with pytest.raises(ValueError, match="not a model directory"):
+    with pytest.raises(FileNotFoundError, match="path: .* not a local Hugging Face model directory"):
         build_reward("hf", path=str(tmp_path))
     with pytest.raises(ValueError, match="dtype"):
         build_reward("hf", path=str(tmp_path), dtype="int8")

@@ -1,11 +1,11 @@
-"""Sparse verifiers, answer extraction, user reward functions and the registry."""
+"""Sparse verifiers, answer extraction and user reward functions."""
 
 import threading
 
 import pytest
 
 from exprl.data import Problem
-from exprl.rewards import REWARDS, Rollout, build_reward, extract_answer
+from exprl.rewards import Rollout, build_reward, extract_answer
 
 
 def problem(answer: str) -> Problem:
@@ -165,18 +165,3 @@ def test_python_reward_bad_results_raise_naming_the_function(tmp_path, body, err
     with pytest.raises(error, match=message) as info:
         reward.score([Rollout(problem("1"), "x")])
     assert "my_reward.py:reward" in str(info.value)
-
-
-def test_registry_names():
-    assert set(REWARDS) == {"exact", "math", "python", "rubric", "hf", "http"}
-
-
-def test_build_reward_rejects_unknown_names_and_options():
-    with pytest.raises(ValueError, match="unknown reward 'bleu'"):
-        build_reward("bleu")
-    with pytest.raises(TypeError, match="'rubric' takes no option.*'temperature'"):
-        build_reward("rubric", temperature=0.5)
-    with pytest.raises(ValueError, match="mode"):
-        build_reward("rubric", mode="final")
-    with pytest.raises(ValueError, match="delimiter"):
-        build_reward("rubric", delimiter="")

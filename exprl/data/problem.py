@@ -2,7 +2,8 @@
 
 from dataclasses import dataclass
 
-STEP_DELIMITER = " ### "
+# Separates the steps of a solution: the segments process judges grade (docs/design.md §1).
+SEGMENT_DELIMITER = "###"
 ANSWER_PREFIX = "Answer: "
 
 
@@ -11,7 +12,7 @@ class Problem:
     """A problem the policy sees as ``prompt``; ``reference`` and ``steps`` are for judges only.
 
     ``reference`` is the worked solution in the built-in text format: the ``steps`` (each ``lhs=rhs``)
-    joined by ``" ### "`` and a last segment ``"Answer: <answer>"``.
+    joined by ``f" {SEGMENT_DELIMITER} "`` and a last segment ``"Answer: <answer>"``.
     """
 
     id: str
@@ -26,10 +27,10 @@ class Problem:
 
 def format_reference(steps: tuple[str, ...], answer: str) -> str:
     """Join intermediate results and the final answer in the built-in text format."""
-    return STEP_DELIMITER.join((*steps, ANSWER_PREFIX + answer))
+    return f" {SEGMENT_DELIMITER} ".join((*steps, ANSWER_PREFIX + answer))
 
 
 def parse_reference_steps(reference: str) -> tuple[str, ...]:
     """The intermediate segments of a reference, without its final ``Answer:`` segment."""
-    segments = [s.strip() for s in reference.split("###")]
+    segments = [s.strip() for s in reference.split(SEGMENT_DELIMITER)]
     return tuple(s for s in segments if s and not s.startswith(ANSWER_PREFIX.strip()))

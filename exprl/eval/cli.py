@@ -1,11 +1,16 @@
-"""`exprl eval`: sample N completions per problem, grade them, report pass@k per split (JSON + Markdown)."""
+"""`exprl eval`: sample N completions per problem, grade them, report pass@k per split (JSON + Markdown).
+
+The flags are the fields of `EvalSettings`, with its defaults (the trainer's `eval:` section has the same).
+"""
 
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
-DEFAULT_TASKS = "builtin:all:3:test:32,builtin:all:3:ood:32"
+from exprl.eval.settings import EvalSettings, check_eval_settings
+from exprl.models import TINY
+
+FLAGS = {"ks": "--k"}  # EvalSettings fields whose flag is not --<field with dashes>
 
 
 def parse_ks(text: str) -> list[int]:
@@ -20,27 +25,36 @@ def parse_ks(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    default = EvalSettings()
     parser = argparse.ArgumentParser(
         prog="exprl eval",
         description="Estimate pass@k (unbiased estimator) of a model on held-out and OOD problems.",
     )
     parser.add_argument(
-        "--model", default=None, help="Hugging Face model directory (default: the shipped tiny model)"
+        "--model", default=TINY, help="Hugging Face model directory (default: tiny, the shipped model)"
     )
     parser.add_argument(
-        "--tasks",
-        default=DEFAULT_TASKS,
+        "--problems",
+        default=",".join(default.problems),
         help="comma-separated problem sources: builtin:<family|all>:<level>:<split>:<n>[:<seed>] "
-        f"or .jsonl/.parquet files (default: {DEFAULT_TASKS})",
+        f"or .jsonl/.parquet files (default: {','.join(default.problems)})",
     )
-    parser.add_argument("--n", type=int, default=16, help="samples per problem (default 16)")
-    parser.add_argument("--k", default="1,4,16", help="comma-separated k values, each <= n (default 1,4,16)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 = greedy")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=64, help="sequences per generation batch")
+    parser.add_argument("--n", type=int, default=default.n, help=f"samples per problem (default {default.n})")
     parser.add_argument(
-        "--verifier", default="exact", help="sparse verifier name for exprl.rewards.build_reward"
+        "--k",
+        default=",".join(map(str, default.ks)),
+        help=f"comma-separated k values, each <= n (default {','.join(map(str, default.ks))})",
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=default.temperature, help="sampling temperature; 0 = greedy"
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=default.max_new_tokens)
+    parser.add_argument("--seed", type=int, default=default.seed)
+    parser.add_argument(
+        "--batch-size", type=int, default=default.batch_size, help="sequences per generation batch"
+    )
+    parser.add_argument(
+        "--verifier", default=default.verifier, help="the sparse verifier that decides a correct sample"
     )
     parser.add_argument(
         "--chat-template",
@@ -53,65 +67,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def evaluate_model_dir(model_dir: Path, problems: list, *, chat_template: str = "auto", **options: Any):
-    """Load a Hugging Face model directory (on CUDA when there is one) and `evaluate` it on `problems`,
-    prompts formatted as the trainer formats them (`chat_template` "auto" | "never"). `options` are the
-    keyword arguments of `exprl.eval.evaluate` (n, ks, temperature, ...). Returns the EvalReport."""
-    import torch
-
-    from exprl.eval.evaluation import evaluate
-    from exprl.models import load_model_and_tokenizer
-    from exprl.train.rollout import prompt_text
-
-    model, tokenizer = load_model_and_tokenizer(model_dir)
-    if torch.cuda.is_available():
-        model = model.cuda()
-    return evaluate(
-        model,
-        tokenizer,
-        problems,
-        format_prompt=lambda p: prompt_text(p, tokenizer, chat_template),
-        **options,
+def settings_from_args(args: argparse.Namespace) -> EvalSettings:
+    """The EvalSettings the flags name; ValueError naming the flag for a bad value."""
+    settings = EvalSettings(
+        problems=[spec.strip() for spec in args.problems.split(",") if spec.strip()],
+        n=args.n,
+        ks=parse_ks(args.k),
+        temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        verifier=args.verifier,
     )
+
+    def fail(key: str, why: str) -> None:
+        raise ValueError(f"{FLAGS.get(key, '--' + key.replace('_', '-'))}: {why}")
+
+    check_eval_settings(settings, fail)
+    return settings
 
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
-        ks = parse_ks(args.k)
-        if args.n < 1 or any(not 1 <= k <= args.n for k in ks):
-            raise ValueError(f"every --k must lie in [1, --n], got --k {args.k} with --n {args.n}")
+        settings = settings_from_args(args)
     except ValueError as e:
         print(f"exprl eval: {e}", file=sys.stderr)
         return 2
 
-    from exprl.data import load_problems
-    from exprl.models import tiny_base_path
+    from exprl.eval.evaluation import evaluate_model_dir
+    from exprl.models import resolve_model_path
 
-    model_path = Path(args.model) if args.model else tiny_base_path()
     try:
-        problems = [p for spec in args.tasks.split(",") if spec.strip() for p in load_problems(spec.strip())]
+        model_path = resolve_model_path(args.model, key="--model")
+        settings.load_problems()  # a bad source is a usage error, reported before any model is loaded
     except (ValueError, FileNotFoundError) as e:
-        print(f"exprl eval: --tasks: {e}", file=sys.stderr)
+        print(f"exprl eval: {e}", file=sys.stderr)
         return 2
     report = evaluate_model_dir(
-        model_path,
-        problems,
-        chat_template=args.chat_template,
-        n=args.n,
-        ks=ks,
-        temperature=args.temperature,
-        max_new_tokens=args.max_new_tokens,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        verifier=args.verifier,
-        progress=not args.no_progress,
+        model_path, settings, chat_template=args.chat_template, progress=not args.no_progress
     )
-    report.settings.update(model=str(model_path), tasks=args.tasks, chat_template=args.chat_template)
+    report.settings.update(
+        model=str(model_path), problems=settings.problems, chat_template=args.chat_template
+    )
     out = Path(args.out) if args.out else Path("runs") / "eval" / model_path.name
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(report.to_json() + "\n")
-    markdown = f"# exprl eval: {model_path}\n\ntasks: `{args.tasks}`\n\n" + report.to_markdown()
+    problems = ", ".join(f"`{source}`" for source in settings.problems)
+    markdown = f"# exprl eval: {model_path}\n\nproblems: {problems}\n\n" + report.to_markdown()
     (out / "eval.md").write_text(markdown)
     print(markdown)
     print(f"wrote {out / 'eval.json'} and {out / 'eval.md'}")

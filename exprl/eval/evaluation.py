@@ -9,6 +9,7 @@ token, recomputed from the policy's logits with `exprl.kernels.logprobs_and_entr
 import math
 from collections.abc import Callable, Sequence
 from numbers import Integral
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,7 +19,9 @@ from exprl.batching import build_rollout_batch
 from exprl.data import Problem
 from exprl.eval.passk import pass_at_k
 from exprl.eval.report import EvalReport, ProblemResult, SplitMetrics
+from exprl.eval.settings import EvalSettings
 from exprl.kernels import logprobs_and_entropy
+from exprl.models import load_model_and_tokenizer, prompt_text
 from exprl.models.generation import Sample, sample
 from exprl.rewards import Rollout, build_reward
 
@@ -192,3 +195,45 @@ def evaluate(
         "entropy_temperature": entropy_temperature,
     }
     return EvalReport(settings=settings, splits=splits, problems=results)
+
+
+def evaluate_with(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    settings: EvalSettings,
+    *,
+    format_prompt: Callable[[Problem], str] | None = None,
+    progress: bool = True,
+) -> EvalReport:
+    """`evaluate` on `settings.problems` with the sampling and grading of `settings`."""
+    return evaluate(
+        model,
+        tokenizer,
+        settings.load_problems(),
+        n=settings.n,
+        ks=settings.ks,
+        temperature=settings.temperature,
+        max_new_tokens=settings.max_new_tokens,
+        seed=settings.seed,
+        batch_size=settings.batch_size,
+        verifier=settings.verifier,
+        progress=progress,
+        format_prompt=format_prompt,
+    )
+
+
+def evaluate_model_dir(
+    model_path: str | Path, settings: EvalSettings, *, chat_template: str = "auto", progress: bool = True
+) -> EvalReport:
+    """Load a model ("tiny" or a Hugging Face model directory; on CUDA when there is one) and evaluate it
+    with `settings`, prompts formatted as the trainer formats them (`chat_template` "auto" | "never")."""
+    model, tokenizer = load_model_and_tokenizer(model_path)
+    if torch.cuda.is_available():
+        model = model.cuda()
+    return evaluate_with(
+        model,
+        tokenizer,
+        settings,
+        format_prompt=lambda p: prompt_text(p, tokenizer, chat_template),
+        progress=progress,
+    )

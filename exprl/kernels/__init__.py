@@ -1,4 +1,4 @@
-"""The fused entropy-regularised policy-gradient loss op (DESIGN.md §3).
+"""The fused entropy-regularised policy-gradient loss op (docs/design.md §3).
 
 `entropy_pg_loss` and `logprobs_and_entropy` (`exprl.kernels.op`) validate their arguments and dispatch
 to a backend: `triton` (CUDA, `triton_backend`), `torch` (fused chunked path for CPU, `torch_backend`)

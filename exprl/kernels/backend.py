@@ -41,7 +41,7 @@ class LossBackend(Protocol):
       entropy:  H = logsumexp(z) - sum_j softmax(z)_j z_j.
     When `grad` is given, it also writes, for every row, the gradient of sum_t w_t l_t w.r.t. the
     logits, dlogits = w_t (g_t (onehot(y_t) - p) + entropy_coef p (z - mu)) / temperature, with
-    g_t = `reference.dobjective_dlogp` and l_t = `reference.token_objective` (DESIGN.md §3). Rows with
+    g_t = `reference.dobjective_dlogp` and l_t = `reference.token_objective` (docs/design.md §3). Rows with
     w_t = 0 get an exact 0, even where their logits are inf or nan.
 
     logits: (rows, V) or (B, T, V) with rows = B * T in (b, t) order; float32/bfloat16/float16;

@@ -283,7 +283,7 @@ def entropy_pg_loss(
     target_ids: (N,) or (B, T) int64, ignore_index -100 marks masked tokens.
     advantages: shape of target_ids, or (B,) broadcast over T, or (S,) per packed sequence.
     mask, old_logprobs, ref_logprobs: shape of target_ids (mask bool or float).
-    The scalar options are the fields of `LossOptions`; see DESIGN.md §3 for the math.
+    The scalar options are the fields of `LossOptions`; see docs/design.md §3 for the math.
     Returns `PGLossOutput` (loss differentiable w.r.t. logits only).
     """
     logits, target_ids = _check_logits_and_targets(logits, target_ids)

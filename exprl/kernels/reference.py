@@ -1,4 +1,4 @@
-"""The eager reference of the fused loss op: the spec, written as plain PyTorch math (DESIGN.md §3).
+"""The eager reference of the fused loss op: the spec, written as plain PyTorch math (docs/design.md §3).
 
 Every backend (`exprl.kernels.torch_backend`, `exprl.kernels.triton_backend`) must match
 `entropy_pg_loss` / `logprobs_and_entropy` below. The small per-token helpers (`expand_advantages`,
@@ -42,7 +42,7 @@ def check_number(name: str, value: object, *, low: float | None = None, strict: 
 
 @dataclass(frozen=True)
 class LossOptions:
-    """The scalar options of the loss (DESIGN.md §3), checked on construction; carried unchanged from
+    """The scalar options of the loss (docs/design.md §3), checked on construction; carried unchanged from
     `exprl.kernels.op` to the backends.
 
     temperature: logits are divided by it (> 0). clip_low, clip_high: the ratio is clipped to
@@ -303,7 +303,7 @@ def entropy_pg_loss(
     cu_seqlens: torch.Tensor | None = None,
     **options: Any,
 ) -> PGLossOutput:
-    """Clipped policy-gradient loss with KL and entropy terms (DESIGN.md §3), plain autograd.
+    """Clipped policy-gradient loss with KL and entropy terms (docs/design.md §3), plain autograd.
 
     logits (N, V) or (B, T, V); target_ids, mask, old/ref_logprobs of shape (N,) or (B, T);
     advantages of that shape or one per sequence; `options` are the fields of `LossOptions`.

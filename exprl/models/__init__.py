@@ -1,4 +1,4 @@
-"""Models: the shipped tiny base model, loading any local Hugging Face causal LM, and sampling."""
+"""Models: the shipped tiny base model, loading any local Hugging Face causal LM, prompts, and sampling."""
 
 import importlib.util
 from pathlib import Path
@@ -6,12 +6,43 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["default_attn_implementation", "load_model_and_tokenizer", "tiny_base_path"]
+from exprl.models.prompts import prompt_text
+
+__all__ = [
+    "TINY",
+    "default_attn_implementation",
+    "load_model_and_tokenizer",
+    "prompt_text",
+    "resolve_model_path",
+    "tiny_base_path",
+]
+
+TINY = "tiny"  # the model path that names the tiny base model shipped in the package
 
 
 def tiny_base_path() -> Path:
     """Directory of the tiny base model shipped in the package (config, safetensors, tokenizer files)."""
     return Path(__file__).resolve().parent.parent / "assets" / "tiny-base"
+
+
+def resolve_model_path(path: str | Path, key: str = "path") -> Path:
+    """The model directory `path` names: "tiny" is the shipped tiny base model, anything else a local
+    Hugging Face model directory. FileNotFoundError naming `key` (the config key or argument) when there
+    is no config.json there."""
+    if str(path) == TINY:
+        shipped = tiny_base_path()
+        if not (shipped / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{key}: {TINY!r} names the shipped tiny model, but {shipped} holds no config.json; "
+                "build it with `exprl pretrain` or name a local Hugging Face model directory"
+            )
+        return shipped
+    resolved = Path(path).expanduser()
+    if not (resolved / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{key}: {str(path)!r} is not a local Hugging Face model directory (no config.json there)"
+        )
+    return resolved
 
 
 def default_attn_implementation(device: torch.device | str | None = None) -> str:
@@ -24,15 +55,15 @@ def load_model_and_tokenizer(
     path: str | Path,
     dtype: torch.dtype = torch.float32,
     attn_implementation: str | None = None,
+    *,
+    key: str = "path",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer from a local directory (never the network).
+    """Load a causal LM and its tokenizer from `path` ("tiny" or a local directory; never the network).
 
     The model is returned on CPU in eval mode; a tokenizer without a pad token gets its eos token as pad.
-    ``attn_implementation=None`` picks ``default_attn_implementation()``.
+    ``attn_implementation=None`` picks ``default_attn_implementation()``. `key` names `path` in errors.
     """
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise ValueError(f"path {str(path)!r}: not a model directory (no config.json)")
+    path = resolve_model_path(path, key)
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype must be a torch.dtype, got {type(dtype).__name__}")
     attn = attn_implementation or default_attn_implementation()

@@ -12,10 +12,11 @@ import string
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from exprl.data.problem import ANSWER_PREFIX, SEGMENT_DELIMITER
 from exprl.data.tasks import word_vocabulary
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
-MULTI_CHAR_TOKENS = ("###", "Answer:")
+MULTI_CHAR_TOKENS = (SEGMENT_DELIMITER, ANSWER_PREFIX.strip())
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:

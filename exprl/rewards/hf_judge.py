@@ -8,15 +8,17 @@ from pathlib import Path
 
 import torch
 
+from exprl.data import SEGMENT_DELIMITER
 from exprl.models import load_model_and_tokenizer
 from exprl.models.generation import sample
 from exprl.rewards.judge import ModelJudge
 from exprl.rewards.prompts import Messages, render_plain
-from exprl.rewards.segments import DEFAULT_DELIMITER
+from exprl.rewards.registry import register
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+@register
 class HFJudge(ModelJudge):
     """Judge with a local causal LM: `path` to a checkpoint directory, or an already loaded `model` and
     `tokenizer` (e.g. the trainer's frozen reference policy, to share its memory).
@@ -35,7 +37,7 @@ class HFJudge(ModelJudge):
         model=None,
         tokenizer=None,
         mode: str = "outcome",
-        delimiter: str = DEFAULT_DELIMITER,
+        delimiter: str = SEGMENT_DELIMITER,
         max_new_tokens: int = 256,
         batch_size: int = 8,
         dtype: str = "float32",

@@ -12,15 +12,17 @@ from pathlib import Path
 
 import requests
 
+from exprl.data import SEGMENT_DELIMITER
 from exprl.rewards.cache import CompletionCache
 from exprl.rewards.judge import ModelJudge
 from exprl.rewards.prompts import Messages
-from exprl.rewards.segments import DEFAULT_DELIMITER
+from exprl.rewards.registry import register
 
 # Failures worth another try: the server may recover. Anything else (4xx, malformed JSON) will not.
 _RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
 
 
+@register
 class HTTPJudge(ModelJudge):
     """Judge through `{base_url}/chat/completions` (base_url like "http://127.0.0.1:8000/v1").
 
@@ -41,7 +43,7 @@ class HTTPJudge(ModelJudge):
         model: str,
         *,
         mode: str = "outcome",
-        delimiter: str = DEFAULT_DELIMITER,
+        delimiter: str = SEGMENT_DELIMITER,
         api_key_env: str = "OPENAI_API_KEY",
         max_tokens: int = 512,
         temperature: float = 0.0,

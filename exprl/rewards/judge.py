@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from exprl.data import SEGMENT_DELIMITER
 from exprl.rewards.base import Rollout
 from exprl.rewards.prompts import Messages, outcome_messages, parse_score, process_messages
-from exprl.rewards.segments import DEFAULT_DELIMITER, split_segments
+from exprl.rewards.segments import split_segments
 
 MODES = ("outcome", "process")
 EMPTY_RESPONSE_GRADE = 1  # an empty response reaches nothing
@@ -32,7 +33,7 @@ class Judge:
 
     name = "judge"
 
-    def __init__(self, mode: str = "outcome", delimiter: str = DEFAULT_DELIMITER) -> None:
+    def __init__(self, mode: str = "outcome", delimiter: str = SEGMENT_DELIMITER) -> None:
         self.mode = check_mode(mode)
         split_segments("", delimiter)  # validates the delimiter
         self.delimiter = delimiter
@@ -53,7 +54,7 @@ class ModelJudge(Judge):
 
     name = "model"
 
-    def __init__(self, mode: str = "outcome", delimiter: str = DEFAULT_DELIMITER) -> None:
+    def __init__(self, mode: str = "outcome", delimiter: str = SEGMENT_DELIMITER) -> None:
         super().__init__(mode, delimiter)
         self.counters.update({"requests": 0, "unparsed": 0, "ungraded": 0})
 

@@ -1,21 +1,72 @@
-"""Reward sources by name, as the trainer's config names them: build_reward("rubric", mode="process")."""
+"""Reward sources by name, as the trainer's config names them: build_reward("rubric", mode="process").
+
+A reward source is a class that implements `RewardSource` and is decorated with `@register`, which files
+it under its `name` attribute. `REWARDS` is the only list of names: config validation, `exprl eval` and
+the trainer ask it. The built-in modules of this package are imported on the first lookup (so their
+decorators have run), which keeps `import exprl.rewards` free of model and HTTP libraries.
+
+A judge (a subclass of `exprl.rewards.judge.Judge`) grades against the reference in a mode, "outcome" or
+"process", at a delimiter; `is_judge(name)` says whether a source takes them.
+"""
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import pkgutil
+from pathlib import Path
 
 from exprl.rewards.base import RewardSource
+from exprl.rewards.judge import Judge
 
-# name -> (module, class). Imported on use, so "exact" never pays for loading torch models or requests.
-REWARDS: dict[str, tuple[str, str]] = {
-    "exact": ("exprl.rewards.verifiers", "ExactVerifier"),
-    "math": ("exprl.rewards.verifiers", "MathVerifier"),
-    "python": ("exprl.rewards.user_function", "PythonReward"),
-    "rubric": ("exprl.rewards.rubric", "RubricJudge"),
-    "hf": ("exprl.rewards.hf_judge", "HFJudge"),
-    "http": ("exprl.rewards.http_judge", "HTTPJudge"),
-}
+REWARDS: dict[str, type[RewardSource]] = {}
+
+
+def register(cls: type) -> type:
+    """Class decorator: add `cls` to `REWARDS` under `cls.name`; a name registered twice is a ValueError."""
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name:
+        raise TypeError(
+            f"a reward source needs a non-empty str class attribute `name`, {cls.__qualname__} has none"
+        )
+    if name in REWARDS:
+        other = REWARDS[name]
+        raise ValueError(
+            f"reward {name!r} is already registered ({other.__module__}.{other.__qualname__}); "
+            f"cannot register {cls.__module__}.{cls.__qualname__} under the same name"
+        )
+    REWARDS[name] = cls
+    return cls
+
+
+def _import_builtin() -> None:
+    """Import every module of `exprl.rewards` once, so that their `@register` decorators have run."""
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        importlib.import_module(f"{__package__}.{module.name}")
+
+
+def reward_names() -> list[str]:
+    """The registered reward names, sorted."""
+    _import_builtin()
+    return sorted(REWARDS)
+
+
+def reward_class(name: str) -> type[RewardSource]:
+    """The class registered as `name`; ValueError listing the registered names when there is none."""
+    _import_builtin()
+    if name not in REWARDS:
+        raise ValueError(f"unknown reward {name!r}; choose one of {', '.join(sorted(REWARDS))}")
+    return REWARDS[name]
+
+
+def is_judge(name: str) -> bool:
+    """Whether the reward `name` is a judge: it takes `mode` and `delimiter` and can grade per segment."""
+    return issubclass(reward_class(name), Judge)
+
+
+def reward_options(name: str) -> list[str]:
+    """The keyword arguments the constructor of reward `name` accepts."""
+    return [p for p in inspect.signature(reward_class(name)).parameters if p != "self"]
 
 
 def build_reward(name: str, **options) -> RewardSource:
@@ -23,12 +74,8 @@ def build_reward(name: str, **options) -> RewardSource:
 
     Unknown names and options raise, listing what is accepted.
     """
-    if name not in REWARDS:
-        raise ValueError(f"unknown reward {name!r}; choose one of {sorted(REWARDS)}")
-    module, cls_name = REWARDS[name]
-    cls = getattr(importlib.import_module(module), cls_name)
-    accepted = [p for p in inspect.signature(cls).parameters if p != "self"]
+    accepted = reward_options(name)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise TypeError(f"reward {name!r} takes no option(s) {unknown}; it takes {accepted}")
-    return cls(**options)
+    return reward_class(name)(**options)

@@ -25,10 +25,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from exprl.data import SEGMENT_DELIMITER
 from exprl.rewards.answers import extract_answer, same_answer
 from exprl.rewards.base import Rollout
 from exprl.rewards.judge import EMPTY_SEGMENT_GRADE, Judge, grade_to_reward
-from exprl.rewards.segments import DEFAULT_DELIMITER, split_segments
+from exprl.rewards.registry import register
+from exprl.rewards.segments import split_segments
 
 ANSWER = "Answer"  # the quantity name of the final answer, distinct from any whitespace-free lhs
 
@@ -54,7 +56,7 @@ def claims(text: str, delimiter: str) -> list[Claim]:
     return found + ([Claim(ANSWER, answer)] if answer is not None else [])
 
 
-def key_results(problem, delimiter: str = DEFAULT_DELIMITER) -> list[Claim]:
+def key_results(problem, delimiter: str = SEGMENT_DELIMITER) -> list[Claim]:
     """Problem.steps as claims (or, when a problem lists none, the reference's equations), then the answer."""
     steps = [claim for step in problem.steps for claim in _equations(step)]
     if not steps and problem.reference:
@@ -108,6 +110,7 @@ def process_grades(response: str, keys: Sequence[Claim], delimiter: str) -> list
     return grades
 
 
+@register
 class RubricJudge(Judge):
     """Grades against the reference's key results, as the module docstring defines; needs no model."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-DEFAULT_DELIMITER = "###"
+from exprl.data import SEGMENT_DELIMITER
 
 
 def _check_delimiter(delimiter: str) -> None:
@@ -18,7 +18,7 @@ def _check_delimiter(delimiter: str) -> None:
         raise ValueError(f"delimiter must be a non-empty str, got {delimiter!r}")
 
 
-def split_segments(text: str, delimiter: str = DEFAULT_DELIMITER) -> list[str]:
+def split_segments(text: str, delimiter: str = SEGMENT_DELIMITER) -> list[str]:
     """The segments of `text` at `delimiter`, each stripped of surrounding whitespace.
 
     Always `text.count(delimiter) + 1` segments: "a ### b ###" -> ["a", "b", ""], "" -> [""].
@@ -30,7 +30,7 @@ def split_segments(text: str, delimiter: str = DEFAULT_DELIMITER) -> list[str]:
 
 
 def token_segment_ids(
-    response_ids: torch.Tensor, tokenizer, delimiter: str = DEFAULT_DELIMITER
+    response_ids: torch.Tensor, tokenizer, delimiter: str = SEGMENT_DELIMITER
 ) -> torch.Tensor:
     """0-based segment index of every response token, consistent with `split_segments`.
 

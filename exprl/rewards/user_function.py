@@ -9,6 +9,7 @@ import pathlib
 from collections.abc import Callable, Sequence
 
 from exprl.rewards.base import Rollout
+from exprl.rewards.registry import register
 
 
 def load_function(spec: str) -> Callable:
@@ -30,6 +31,7 @@ def load_function(spec: str) -> Callable:
     return fn
 
 
+@register
 class PythonReward:
     """Calls `fn(problem, response) -> float | None` per rollout; a real number (bools count as 0/1)
     must lie in [0, 1]; None means ungraded. A wrong return type or an exception in the function is the

@@ -12,8 +12,10 @@ from math_verify import parse, verify
 
 from exprl.rewards.answers import extract_answer, same_answer
 from exprl.rewards.base import Rollout
+from exprl.rewards.registry import register
 
 
+@register
 class ExactVerifier:
     """The built-in tasks' answers: `same_answer` (normalised text, numbers by value) vs Problem.answer."""
 
@@ -37,6 +39,7 @@ def _parse_math(answer: str, timeout: int | None) -> list:
     return parse(f"${answer}$", parsing_timeout=timeout)
 
 
+@register
 class MathVerifier:
     """Mathematical equivalence of the final answer and Problem.answer, decided by `math-verify`
     (fractions vs decimals, LaTeX forms, sets, intervals, symbolic expressions).

@@ -10,7 +10,12 @@ __all__ = ["TrainConfig", "load_config", "run"]
 
 
 def run(config: TrainConfig) -> pathlib.Path:
-    """Train by `config` and return the run directory (runs/<name>/)."""
-    from exprl.train.loop import run as _run
+    """Train by `config` (RL, or SFT when `config.method == "sft"`) and return the run directory
+    (runs/<name>/)."""
+    if config.method == "sft":
+        from exprl.train.sft import run_sft
 
-    return _run(config)
+        return run_sft(config)
+    from exprl.train.loop import run_rl
+
+    return run_rl(config)

@@ -7,16 +7,18 @@ Every estimator has the same signature:
 * `scores`: one entry per rollout, prompt-major (the G rollouts of a prompt are consecutive):
   a float (response-level reward), a list of floats (one per segment) or None (dropped: the rollout
   could not be graded; it gets zero advantages and must be masked out of the loss by the caller).
-* `token_segment_ids`: per rollout, int64 (R_i,), the 0-based segment of each response token
-  (only the process estimators read it).
+* `token_segment_ids`: per rollout, int64 (R_i,), the 0-based segment of each response token; the
+  trainer computes it only for estimators registered with `needs_segments=True`, else passes None.
 * Returns per rollout a float32 (R_i,) tensor: the advantage of each response token.
 
-Adding a variant is adding a function here with `@register("name")`.
+Adding a variant is adding a function with `@register("name")` (`needs_segments=True` when it reads
+per-segment scores): config validation and the trainer ask `ADVANTAGES`, there is no other list.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -24,13 +26,34 @@ from torch import Tensor
 from exprl import batching
 
 Score = float | list[float] | None
-Estimator = Callable[..., list[Tensor]]
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """A registered estimator: the function, and what the trainer must know to call it."""
+
+    name: str
+    fn: Callable[..., list[Tensor]]
+    # reads per-segment scores and token_segment_ids: needs a judge in process mode (reward.mode: process)
+    needs_segments: bool = False
+
+    def __call__(self, *args, **kwargs) -> list[Tensor]:
+        return self.fn(*args, **kwargs)
+
+
 ADVANTAGES: dict[str, Estimator] = {}
 
 
-def register(name: str) -> Callable[[Estimator], Estimator]:
-    def add(fn: Estimator) -> Estimator:
-        ADVANTAGES[name] = fn
+def register(name: str, *, needs_segments: bool = False) -> Callable[[Callable], Callable]:
+    """Decorator: add `fn` to `ADVANTAGES` as `name`; a name registered twice is a ValueError."""
+
+    def add(fn: Callable[..., list[Tensor]]) -> Callable[..., list[Tensor]]:
+        if name in ADVANTAGES:
+            raise ValueError(
+                f"advantage estimator {name!r} is already registered "
+                f"({ADVANTAGES[name].fn.__module__}.{ADVANTAGES[name].fn.__qualname__})"
+            )
+        ADVANTAGES[name] = Estimator(name, fn, needs_segments)
         return fn
 
     return add
@@ -69,7 +92,7 @@ def grpo(
     return [torch.full((n,), float(a)) for a, n in zip(sequence_adv.tolist(), response_lengths, strict=True)]
 
 
-def _process(mode: str) -> Estimator:
+def _process(mode: str) -> Callable[..., list[Tensor]]:
     def estimator(
         scores: Sequence[Score],
         group_size: int,
@@ -111,9 +134,9 @@ def _process(mode: str) -> Estimator:
     return estimator
 
 
-register("process-delta")(_process("delta"))
-register("process-end")(_process("end"))
-register("process-group")(_process("group"))
+register("process-delta", needs_segments=True)(_process("delta"))
+register("process-end", needs_segments=True)(_process("end"))
+register("process-group", needs_segments=True)(_process("group"))
 
 
 def _check_lengths(scores: Sequence[Score], response_lengths: Sequence[int], group_size: int) -> None:

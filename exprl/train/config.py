@@ -3,7 +3,8 @@
 A config is a tree of dataclasses (`TrainConfig` at the root). `load_config(path, overrides)` reads the
 YAML, applies overrides such as `rollout.group_size=4` or `algo.kl_coef=0`, and checks every key and
 type; an unknown key, a wrong type or an out-of-range value is a `ValueError` naming the key and the
-file (or "override" for command-line values).
+file (or "override" for command-line values). Names (reward sources, advantage estimators, loss
+aggregations, KL estimators, loss backends) are checked against the registries that define them.
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ from typing import Any, Literal
 
 import yaml
 
-ADVANTAGES = ("grpo", "process-delta", "process-end", "process-group")
-JUDGES = ("rubric", "hf", "http")  # reward sources that take mode= and delimiter=
-LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+from exprl import kernels, rewards
+from exprl.data import SEGMENT_DELIMITER
+from exprl.eval.settings import EvalSettings, check_eval_settings
+from exprl.models import TINY
+from exprl.train import advantages
 
 
 @dataclass
 class ModelConfig:
-    path: str = "tiny"  # a local Hugging Face directory; "tiny" = the model shipped in exprl/assets
+    path: str = TINY  # a local Hugging Face directory; "tiny" = the model shipped in exprl/assets
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 where supported
     attn_implementation: str = "auto"  # auto: flash_attention_2 if installed on CUDA, else sdpa
     gradient_checkpointing: bool = False
@@ -39,11 +42,11 @@ class DataConfig:
 
 @dataclass
 class RewardConfig:
-    name: str = "rubric"  # exprl.rewards.build_reward name
-    mode: Literal["outcome", "process"] = "outcome"  # used by judges only
-    delimiter: str = "###"
+    name: str = "rubric"  # a registered reward (exprl.rewards.reward_names())
+    mode: Literal["outcome", "process"] = "outcome"  # used by judges only (exprl.rewards.is_judge)
+    delimiter: str = SEGMENT_DELIMITER
     options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for build_reward
-    sparse: str = "exact"  # the verifier behind reward/sparse and pass_rate (metrics)
+    sparse: str = "exact"  # the verifier behind the reward/sparse and pass_rate metrics (eval: eval.verifier)
 
 
 @dataclass
@@ -59,7 +62,7 @@ class RolloutConfig:
 
 @dataclass
 class AlgoConfig:
-    advantage: str = "grpo"  # a name in exprl.train.advantages.ADVANTAGES
+    advantage: str = "grpo"  # a registered estimator (exprl.train.advantages.ADVANTAGES)
     scale: Literal["std", "none"] = "std"  # grpo: divide by the group's std or not
     ppo_epochs: int = 1
     mini_batches: int = 1  # optimizer steps per PPO epoch
@@ -68,10 +71,10 @@ class AlgoConfig:
     clip_high: float = 0.28
     dual_clip: float | None = 3.0
     kl_coef: float = 1e-3
-    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    kl_estimator: str = "k3"  # one of exprl.kernels.KL_ESTIMATORS
     entropy_coef: float = 1e-3
-    loss_agg: str = "token-mean"
-    loss_backend: Literal["auto", "triton", "torch", "eager"] = "auto"
+    loss_agg: str = "token-mean"  # one of exprl.kernels.LOSS_AGGS
+    loss_backend: str = "auto"  # one of exprl.kernels.BACKENDS
 
 
 @dataclass
@@ -91,15 +94,11 @@ class SFTConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(EvalSettings):
+    """The run's before/after evaluation: `exprl.eval.EvalSettings` (problems, n, ks, temperature,
+    max_new_tokens, batch_size, seed, verifier) and whether to run it."""
+
     enabled: bool = True  # evaluate before and after training
-    # load_problems sources; each problem's split ("test", "ood") names its row in the report
-    problems: list[str] = field(default_factory=lambda: ["builtin:all:3:test:64", "builtin:all:3:ood:64"])
-    n: int = 8  # samples per problem
-    ks: list[int] = field(default_factory=lambda: [1, 8])
-    temperature: float = 1.0  # 0 = greedy
-    max_new_tokens: int = 64
-    batch_size: int = 64
 
 
 @dataclass
@@ -143,27 +142,33 @@ def load_config(path: str | pathlib.Path | None, overrides: list[str] | tuple[st
     Raises ValueError naming the key and the file for unknown keys, wrong types or bad values,
     and FileNotFoundError for a missing config file.
     """
-    raw: dict[str, Any] = {}
-    source = "<defaults>"
-    if path is not None:
-        source = str(path)
-        p = pathlib.Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file not found: {source}")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            raise ValueError(f"{source}: not valid YAML: {e}") from e
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(
-                f"{source}: the top level must be a mapping of keys, got {type(loaded).__name__}"
-            )
-        raw = loaded or {}
-    cfg = _build(TrainConfig, raw, prefix="", source=source)
+    source = "<defaults>" if path is None else str(path)
+    cfg = from_mapping(TrainConfig, {} if path is None else read_yaml(path), source)
     for item in overrides:
         apply_override(cfg, item)
     validate(cfg, source)
     return cfg
+
+
+def read_yaml(path: str | pathlib.Path) -> dict[str, Any]:
+    """The mapping a YAML config file holds (an empty file is {}); FileNotFoundError for a missing file,
+    ValueError naming the file for bad YAML or a top level that is not a mapping."""
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from e
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ValueError(f"{path}: the top level must be a mapping of keys, got {type(loaded).__name__}")
+    return loaded or {}
+
+
+def from_mapping(cls: type, raw: dict[str, Any], source: str) -> Any:
+    """The config dataclass `cls` built from `raw` (as read from YAML), every key and type checked against
+    its annotations: ValueError naming the key and `source` for an unknown or missing key or a wrong type."""
+    return _build(cls, raw, prefix="", source=source)
 
 
 def apply_override(cfg: TrainConfig, item: str) -> None:
@@ -211,9 +216,6 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
         ("algo.micro_batch_size", a.micro_batch_size),
         ("sft.batch_size", cfg.sft.batch_size),
         ("sft.micro_batch_size", cfg.sft.micro_batch_size),
-        ("eval.n", cfg.eval.n),
-        ("eval.max_new_tokens", cfg.eval.max_new_tokens),
-        ("eval.batch_size", cfg.eval.batch_size),
     ):
         if v < 1:
             fail(key, f"must be >= 1, got {v}")
@@ -221,24 +223,30 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
         fail("rollout.temperature", f"must be > 0, got {r.temperature}")
     if not 0 < r.top_p <= 1:
         fail("rollout.top_p", f"must be in (0, 1], got {r.top_p}")
-    if cfg.eval.temperature < 0:
-        fail("eval.temperature", f"must be >= 0 (0 = greedy), got {cfg.eval.temperature}")
-    from exprl.rewards import REWARDS
-
+    names = rewards.reward_names()
     for key, name in (("reward.name", cfg.reward.name), ("reward.sparse", cfg.reward.sparse)):
-        if name not in REWARDS:
-            fail(key, f"unknown reward {name!r}; choose one of {', '.join(sorted(REWARDS))}")
+        if name not in names:
+            fail(key, f"unknown reward {name!r}; choose one of {', '.join(names)}")
     _check_reward_options(cfg, fail)
-    if cfg.reward.mode == "process" and cfg.reward.name not in JUDGES:
-        fail("reward.mode", f"process rewards need a judge ({', '.join(JUDGES)}), not {cfg.reward.name!r}")
-    if a.advantage not in ADVANTAGES:
-        fail("algo.advantage", f"unknown {a.advantage!r}; choose one of {', '.join(ADVANTAGES)}")
-    if a.advantage.startswith("process") and cfg.reward.mode != "process":
+    if cfg.reward.mode == "process" and not rewards.is_judge(cfg.reward.name):
+        judges = ", ".join(n for n in names if rewards.is_judge(n))
+        fail("reward.mode", f"process rewards need a judge ({judges}), not {cfg.reward.name!r}")
+    if a.advantage not in advantages.ADVANTAGES:
+        choices = ", ".join(sorted(advantages.ADVANTAGES))
+        fail("algo.advantage", f"unknown {a.advantage!r}; choose one of {choices}")
+    needs_segments = advantages.get(a.advantage).needs_segments
+    if needs_segments and cfg.reward.mode != "process":
         fail("algo.advantage", f"{a.advantage} needs per-segment scores: set reward.mode: process")
-    if a.advantage == "grpo" and cfg.reward.mode == "process":
-        fail("reward.mode", "process scores need a process-* advantage (algo.advantage)")
-    if a.loss_agg not in LOSS_AGGS:
-        fail("algo.loss_agg", f"unknown {a.loss_agg!r}; choose one of {', '.join(LOSS_AGGS)}")
+    if not needs_segments and cfg.reward.mode == "process":
+        readers = ", ".join(sorted(n for n, e in advantages.ADVANTAGES.items() if e.needs_segments))
+        fail("reward.mode", f"process scores need an algo.advantage that reads segments ({readers})")
+    for key, value, choices in (
+        ("algo.loss_agg", a.loss_agg, kernels.LOSS_AGGS),
+        ("algo.kl_estimator", a.kl_estimator, kernels.KL_ESTIMATORS),
+        ("algo.loss_backend", a.loss_backend, kernels.BACKENDS),
+    ):
+        if value not in choices:
+            fail(key, f"unknown {value!r}; choose one of {', '.join(choices)}")
     if a.clip_low < 0 or a.clip_high < 0:
         fail("algo.clip_low/clip_high", "must be >= 0")
     if a.dual_clip is not None and a.dual_clip <= 1:
@@ -254,10 +262,7 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
             fail(key, f"must be >= 0, got {v}")
     if cfg.optim.lr <= 0:
         fail("optim.lr", f"must be > 0, got {cfg.optim.lr}")
-    if any(k < 1 or k > cfg.eval.n for k in cfg.eval.ks):
-        fail("eval.ks", f"every k must be in [1, eval.n={cfg.eval.n}], got {cfg.eval.ks}")
-    if cfg.eval.enabled and not cfg.eval.problems:
-        fail("eval.problems", "list at least one problem source, or set eval.enabled: false")
+    check_eval_settings(cfg.eval, lambda key, why: fail(f"eval.{key}", why))
     if cfg.deepspeed.config is not None and not pathlib.Path(cfg.deepspeed.config).is_file():
         fail("deepspeed.config", f"file not found: {cfg.deepspeed.config}")
 
@@ -265,14 +270,7 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
 def _check_reward_options(cfg: TrainConfig, fail) -> None:
     """reward.options must be keyword arguments of the reward's constructor (checked without building it:
     a model judge would load its model)."""
-    import importlib
-    import inspect
-
-    from exprl.rewards import REWARDS
-
-    module, cls_name = REWARDS[cfg.reward.name]
-    params = inspect.signature(getattr(importlib.import_module(module), cls_name)).parameters
-    accepted = {p for p in params if p != "self"} - {"mode", "delimiter"}
+    accepted = set(rewards.reward_options(cfg.reward.name)) - {"mode", "delimiter"}
     for key in cfg.reward.options:
         if key not in accepted:
             fail(
@@ -323,12 +321,20 @@ def save_config(cfg: TrainConfig, path: str | pathlib.Path) -> None:
 def _build(cls: type, raw: dict[str, Any], prefix: str, source: str) -> Any:
     if not isinstance(raw, dict):
         raise ValueError(f"{source}: {prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    hints = {name: tp for name, tp in typing.get_type_hints(cls).items() if name in {f.name for f in fields}}
     unknown = sorted(set(raw) - set(hints))
     if unknown:
         raise ValueError(
             f"{source}: unknown key {prefix + unknown[0]!r} (valid here: {', '.join(sorted(hints))})"
         )
+    missing = [
+        f.name
+        for f in fields
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in raw
+    ]
+    if missing:
+        raise ValueError(f"{source}: missing key {prefix + missing[0]!r}")
     values = {k: _coerce(hints[k], v, prefix + k, source) for k, v in raw.items()}
     return cls(**values)
 
@@ -365,7 +371,9 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise bad("a mapping")
-        return dict(value)
+        if any(not isinstance(k, str) for k in value):
+            raise bad("a mapping with string keys")
+        return {k: _coerce(args[1], v, f"{key}.{k}", source) for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
             raise bad("true or false")
@@ -387,6 +395,10 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
         if not isinstance(value, str):
             raise bad("a string")
         return value
+    if tp is pathlib.Path:
+        if not isinstance(value, str) or not value:
+            raise bad("a path")
+        return pathlib.Path(value)
     if tp is Any:
         return value
     raise TypeError(f"config field {key} has an unsupported annotation {tp!r}")

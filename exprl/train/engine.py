@@ -1,6 +1,7 @@
-"""DeepSpeed plumbing: process group, model loading, ZeRO-3 config derivation and engine construction.
+"""DeepSpeed plumbing: process group and the collectives the loops share, seeding, policy loading, ZeRO-3
+config derivation and engine construction.
 
-Everything DeepSpeed-specific that the loop needs lives here so `loop.py` reads as the algorithm.
+Everything DeepSpeed-specific that the loops need lives here so `loop.py` and `sft.py` read as algorithms.
 """
 
 from __future__ import annotations
@@ -8,11 +9,15 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import random
 import socket
 from typing import Any
 
+import numpy as np
 import torch
+import torch.distributed as dist
 
+from exprl.models import default_attn_implementation, load_model_and_tokenizer
 from exprl.train.config import TrainConfig
 
 
@@ -40,6 +45,22 @@ def init_distributed() -> tuple[int, int]:
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
+def global_sum(values: list[float]) -> list[float]:
+    """Element-wise sum over ranks of a few floats (one all-reduce, float64 for exact counts)."""
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return [float(v) for v in t]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (model initialisation, dropout)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -53,51 +74,13 @@ def resolve_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def resolve_model_path(path: str) -> pathlib.Path:
-    """ "tiny" = the shipped tiny base model; anything else must be a local directory with a config.json."""
-    if path == "tiny":
-        from exprl.models import tiny_base_path
-
-        shipped = pathlib.Path(tiny_base_path())
-        if not (shipped / "config.json").is_file():
-            raise FileNotFoundError(
-                f"model.path: 'tiny' names the shipped tiny model, but {shipped} holds no config.json; "
-                "build it with `exprl pretrain` or set model.path to a local Hugging Face model directory"
-            )
-        return shipped
-    p = pathlib.Path(path).expanduser()
-    if not (p / "config.json").is_file():
-        raise FileNotFoundError(
-            f"model.path: {path!r} is not a local Hugging Face model directory (no config.json there)"
-        )
-    return p
-
-
-def attn_implementation(requested: str) -> str:
-    if requested != "auto":
-        return requested
-    if on_cuda():
-        try:
-            import flash_attn  # noqa: F401
-
-            return "flash_attention_2"
-        except ImportError:
-            pass
-    return "sdpa"
-
-
 def load_policy(cfg: TrainConfig) -> tuple[torch.nn.Module, Any]:
-    """The policy model and tokenizer from `cfg.model` (any local HF causal LM)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = resolve_model_path(cfg.model.path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(
-        path,
-        dtype=resolve_dtype(cfg.model.dtype),
-        attn_implementation=attn_implementation(cfg.model.attn_implementation),
+    """The policy model and tokenizer from `cfg.model` (the shipped "tiny" or any local HF causal LM)."""
+    attn = cfg.model.attn_implementation
+    if attn == "auto":
+        attn = default_attn_implementation("cuda" if on_cuda() else "cpu")
+    model, tokenizer = load_model_and_tokenizer(
+        cfg.model.path, resolve_dtype(cfg.model.dtype), attn, key="model.path"
     )
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()

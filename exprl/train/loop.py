@@ -1,6 +1,6 @@
 """The ExpRL / GRPO training loop: sample, score, advantages, loss, step, log, checkpoint.
 
-`run(cfg)` is the whole program; every stage is a function of its own (`step_prompts`, `rollout.generate`,
+`run_rl(cfg)` is the whole program; every stage is a function of its own (`step_prompts`, `rollout.generate`,
 `rollout.score`, `compute_advantages`, `micro_batches`, `optimize`) so each can be tested alone.
 
 Batch arithmetic. A step draws `rollout.prompts_per_step` prompts (global), each rank takes an equal
@@ -14,7 +14,6 @@ ranks), so the gradient, and the logged loss, do not depend on the rank count or
 from __future__ import annotations
 
 import pathlib
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,21 +25,22 @@ import torch.distributed as dist
 from torch import Tensor
 
 from exprl import batching
-from exprl.data import Problem, load_problems
+from exprl.data import Problem, load_problems, step_prompts
 from exprl.kernels import entropy_pg_loss, logprobs_and_entropy
-from exprl.train import advantages, report, rollout
+from exprl.train import advantages, lifecycle, rollout
 from exprl.train.config import TrainConfig, batch_layout
-from exprl.train.engine import build_engine, deepspeed_config, init_distributed, load_policy
+from exprl.train.engine import (
+    build_engine,
+    deepspeed_config,
+    global_sum,
+    init_distributed,
+    load_policy,
+    seed_everything,
+)
 
-SEQUENCE_AGGS = ("seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
-
-def run(cfg: TrainConfig) -> pathlib.Path:
-    """Train by `cfg` (RL, or SFT when `cfg.method == "sft"`); returns the run directory."""
-    if cfg.method == "sft":
-        from exprl.train.sft import run_sft
-
-        return run_sft(cfg)
+def run_rl(cfg: TrainConfig) -> pathlib.Path:
+    """Train by `cfg` with RL (ExpRL or GRPO); returns the run directory."""
     rank, world = init_distributed()
     seed_everything(cfg.seed)
     problems = load_problems(cfg.data.train, seed=cfg.seed)
@@ -65,34 +65,12 @@ def run(cfg: TrainConfig) -> pathlib.Path:
         "became_solved": [],
         "eval_before": None,
     }
-    state, logger, bar, saved = report.begin_run(engine, tokenizer, cfg, rank, state)
+    state, logger, bar, saved = lifecycle.begin_run(engine, tokenizer, cfg, rank, state)
     for step in range(state["step"], cfg.steps):
         metrics = train_step(engine, ref, tokenizer, judge, verifier, problems, cfg, step, state)
-        saved = report.end_step(engine, cfg, state, metrics, logger, bar)
-    report.end_run(engine, tokenizer, cfg, state, logger, bar, saved, rank)
+        saved = lifecycle.end_step(engine, cfg, state, metrics, logger, bar)
+    lifecycle.end_run(engine, tokenizer, cfg, state, logger, bar, saved, rank)
     return cfg.run_dir
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def step_prompts(n_problems: int, prompts_per_step: int, step: int, seed: int, shuffle: bool) -> list[int]:
-    """Indices into the training problems for `step`: a seeded permutation per epoch, consumed in order
-    (the data position is just the step, so a resumed run continues exactly)."""
-    out = []
-    for position in range(step * prompts_per_step, (step + 1) * prompts_per_step):
-        epoch, offset = divmod(position, n_problems)
-        if shuffle:
-            order = torch.randperm(
-                n_problems, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)
-            )
-            out.append(int(order[offset]))
-        else:
-            out.append(offset)
-    return out
 
 
 def train_step(
@@ -146,12 +124,12 @@ def train_step(
 
 def compute_advantages(ro: rollout.Rollouts, tokenizer, cfg: TrainConfig) -> list[Tensor]:
     """Per rollout, float32 (R_i,) advantages of its response tokens, from the registered estimator."""
+    estimator = advantages.get(cfg.algo.advantage)
     segment_ids: list[Tensor] | None = None
-    if cfg.algo.advantage.startswith("process"):
+    if estimator.needs_segments:
         from exprl.rewards.segments import token_segment_ids
 
         segment_ids = [token_segment_ids(ids, tokenizer, cfg.reward.delimiter) for ids in ro.response_ids]
-    estimator = advantages.get(cfg.algo.advantage)
     return estimator(
         ro.scores,
         cfg.rollout.group_size,
@@ -261,7 +239,7 @@ def optimize(
                     backend=a.loss_backend,
                 )
                 # seq-mean modes average over this micro-batch's sequences: reweight to the global count
-                share = mb.sequences / max(n_seqs, 1.0) if a.loss_agg in SEQUENCE_AGGS else 1.0
+                share = mb.sequences / max(n_seqs, 1.0) if a.loss_agg != "token-mean" else 1.0
                 loss = out.loss * share
                 # DeepSpeed averages gradients over ranks (and would divide by the accumulation steps):
                 # undo both so the gradient is that of the globally normalised loss
@@ -327,12 +305,3 @@ def rollout_metrics(ro: rollout.Rollouts, group_size: int, state: dict[str, Any]
         "prompts/unsolved_became_solved": float(len(became)),
         "prompts/unsolved_seen": float(len(seen_unsolved)),
     }
-
-
-def global_sum(values: list[float]) -> list[float]:
-    """Element-wise sum over ranks of a few floats (one all-reduce, float64 for exact counts)."""
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.get_world_size() > 1:
-        dist.all_reduce(t)
-    return [float(v) for v in t]

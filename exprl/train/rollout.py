@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from exprl.data import Problem
+from exprl.data import SEGMENT_DELIMITER, Problem
+from exprl.models import prompt_text
 from exprl.models.generation import sample
 from exprl.rewards.base import RewardSource, Rollout
-from exprl.train.config import JUDGES, TrainConfig
+from exprl.train.config import TrainConfig
 
 
 @dataclass
@@ -35,16 +36,6 @@ class Rollouts:
 
     def __len__(self) -> int:
         return len(self.texts)
-
-
-def prompt_text(problem: Problem, tokenizer, chat_template: str) -> str:
-    """The policy's input: the bare problem prompt (never the reference), wrapped in the tokenizer's chat
-    template when it has one and `chat_template` is "auto"."""
-    if chat_template == "auto" and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": problem.prompt}], tokenize=False, add_generation_prompt=True
-        )
-    return problem.prompt
 
 
 def sample_seed(seed: int, step: int, prompt_index: int) -> int:
@@ -108,9 +99,10 @@ def generate(
 def score(rollouts: Rollouts, judge: RewardSource, verifier: RewardSource) -> None:
     """Fill `rollouts.scores` (judge) and `rollouts.correct` (sparse verifier) in place.
 
-    Contract (DESIGN §1): a truncated rollout gets reward 0 (per segment: all zeros, so all its process
-    advantages are 0); a rollout the judge cannot grade (None) is dropped (None), as is a segment list
-    whose length disagrees with the response's segments. A judge that raises is a bug: the error propagates.
+    Contract (docs/design.md §1): a truncated rollout gets reward 0 (per segment: all zeros, so all its
+    process advantages are 0); a rollout the judge cannot grade (None) is dropped (None), as is a segment
+    list whose length disagrees with the response's segments. A judge that raises is a bug: the error
+    propagates.
     """
     from exprl.rewards.segments import split_segments
 
@@ -121,7 +113,7 @@ def score(rollouts: Rollouts, judge: RewardSource, verifier: RewardSource) -> No
     scores = list(judge.score(batch))
     if len(scores) != len(batch):
         raise ValueError(f"reward {judge.name!r} returned {len(scores)} scores for {len(batch)} rollouts")
-    delimiter = getattr(judge, "delimiter", "###")
+    delimiter = getattr(judge, "delimiter", SEGMENT_DELIMITER)
     for i, (s, rollout) in enumerate(zip(scores, batch, strict=True)):
         if s is None:
             continue
@@ -141,9 +133,9 @@ def score(rollouts: Rollouts, judge: RewardSource, verifier: RewardSource) -> No
 def build_rewards(cfg: TrainConfig) -> tuple[RewardSource, RewardSource]:
     """(judge, sparse verifier) from `cfg.reward`. Judges get the mode and delimiter; verifiers grade the
     final answer only."""
-    from exprl.rewards import build_reward
+    from exprl.rewards import build_reward, is_judge
 
     options = dict(cfg.reward.options)
-    if cfg.reward.name in JUDGES:  # judges grade against the reference, per response or per segment
+    if is_judge(cfg.reward.name):  # judges grade against the reference, per response or per segment
         options.update(mode=cfg.reward.mode, delimiter=cfg.reward.delimiter)
     return build_reward(cfg.reward.name, **options), build_reward(cfg.reward.sparse)

@@ -12,13 +12,19 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from exprl import batching
-from exprl.data import Problem, load_problems
+from exprl.data import Problem, load_problems, step_prompts
 from exprl.kernels import logprobs_and_entropy
-from exprl.train import report
+from exprl.models import prompt_text
+from exprl.train import lifecycle
 from exprl.train.config import TrainConfig
-from exprl.train.engine import build_engine, deepspeed_config, init_distributed, load_policy
-from exprl.train.loop import global_sum, seed_everything, step_prompts
-from exprl.train.rollout import prompt_text
+from exprl.train.engine import (
+    build_engine,
+    deepspeed_config,
+    global_sum,
+    init_distributed,
+    load_policy,
+    seed_everything,
+)
 
 
 def sft_layout(cfg: TrainConfig, world: int) -> tuple[int, int]:
@@ -102,7 +108,7 @@ def run_sft(cfg: TrainConfig) -> pathlib.Path:
     engine = build_engine(model, deepspeed_config(cfg, cfg.sft.micro_batch_size, grad_accum, world))
 
     state: dict[str, Any] = {"step": 0, "eval_before": None}
-    state, logger, bar, saved = report.begin_run(engine, tokenizer, cfg, rank, state)
+    state, logger, bar, saved = lifecycle.begin_run(engine, tokenizer, cfg, rank, state)
     engine.train()
     for step in range(state["step"], cfg.steps):
         # the same seeded epoch permutation as the RL loop: the data position is the step
@@ -123,6 +129,6 @@ def run_sft(cfg: TrainConfig) -> pathlib.Path:
             # loss tokens per second, as the RL loop counts them (prompt tokens are read, not trained)
             "throughput/trained_tokens_per_s": stats["tokens"] / max(elapsed, 1e-9),
         }
-        saved = report.end_step(engine, cfg, state, metrics, logger, bar)
-    report.end_run(engine, tokenizer, cfg, state, logger, bar, saved, rank)
+        saved = lifecycle.end_step(engine, cfg, state, metrics, logger, bar)
+    lifecycle.end_run(engine, tokenizer, cfg, state, logger, bar, saved, rank)
     return cfg.run_dir

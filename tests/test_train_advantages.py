@@ -14,6 +14,17 @@ def test_registry_lists_the_four_estimators():
         advantages.get("vtrace")
 
 
+def test_only_the_process_estimators_need_segments():
+    needs = {name for name, estimator in advantages.ADVANTAGES.items() if estimator.needs_segments}
+    assert needs == {"process-delta", "process-end", "process-group"}
+
+
+def test_registering_a_taken_name_is_an_error():
+    with pytest.raises(ValueError, match=r"'grpo' is already registered \(exprl\.train\.advantages\.grpo\)"):
+        advantages.register("grpo")(lambda scores, group_size, **_: [])
+    assert advantages.ADVANTAGES["grpo"].fn is advantages.grpo
+
+
 def test_grpo_std_scaling_on_every_token():
     scores = [1.0, 0.0, 0.5, 0.5, 0.25, 0.75]
     out = advantages.get("grpo")(scores, 3, response_lengths=[2, 1, 3, 1, 1, 4])

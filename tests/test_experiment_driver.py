@@ -2,7 +2,7 @@
 
 The fake runner "trains" by writing a model directory whose skill is the starting model's skill plus a
 per-method gain, and a metrics.jsonl; the fake evaluator turns a skill into per-problem correct counts.
-The real end-to-end run with the trainer is tests/test_eval_experiment_e2e.py.
+The real end-to-end run with the trainer is tests/test_experiment_e2e.py.
 """
 
 import json
@@ -11,9 +11,9 @@ import re
 import pytest
 import yaml
 
-from exprl.eval.experiment import StageResult, load_experiment_config, parse_config, run_experiment
 from exprl.eval.passk import pass_at_k
 from exprl.eval.report import EvalReport, ProblemResult, SplitMetrics
+from exprl.experiment import StageResult, load_experiment_config, parse_config, run_experiment
 from exprl.train.metrics import MetricsLogger
 
 N = 8
@@ -79,6 +79,7 @@ def setup(tmp_path):
     base = tmp_path / "base"
     base.mkdir()
     (base / "skill.txt").write_text("1")
+    (base / "config.json").write_text("{}")  # a model directory, as far as the driver looks
     for name in ("sft", "rl"):
         (tmp_path / f"{name}.yaml").write_text("name: x\n")
     data = {
@@ -97,7 +98,7 @@ def setup(tmp_path):
             "exprl-process": {"config": str(tmp_path / "rl.yaml")},
         },
         "stage2": {"config": str(tmp_path / "rl.yaml")},
-        "eval": {"tasks": ["builtin:all:1:test:4"], "n": N, "ks": [1, 4, 8]},
+        "eval": {"problems": ["builtin:all:1:test:4"], "n": N, "ks": [1, 4, 8]},
         "report": {"token_counts": {"tokens": ["tokens"], "flops": ["rate*seconds", "tokens"]}},
     }
     return tmp_path, data
@@ -159,7 +160,7 @@ def test_runs_every_stage_and_fills_every_cell(setup):
     assert sorted(p.name for p in out.iterdir()) == ["evals", "plots", "report.md", "results.json"]
     assert (tmp_path / "runs" / "grpo" / "stage2" / "DONE.json").is_file()
     assert results["training_curves"]["grpo"]["stage1"]["reward/sparse"][2] == [2, pytest.approx(2.2)]
-    assert results["seeds"] == {"train": 5, "eval": 1234}
+    assert results["seeds"] == {"train": 5, "eval": 0}  # EvalSettings.seed by default
 
 
 def test_resumes_after_an_interruption(setup):
@@ -220,13 +221,21 @@ def test_changed_settings_are_refused_on_resume(setup):
     ("change", "error", "match"),
     [
         (lambda d: d.pop("steps"), ValueError, r"exp.yaml: missing key 'steps'"),
-        (lambda d: d.update(steps=0), ValueError, r"exp.yaml: 'steps' must be >= 1"),
-        (lambda d: d.update(stepz=1), ValueError, r"exp.yaml: unknown keys \['stepz'\]"),
-        (lambda d: d["stage1"].update(sft={}), ValueError, r"stage1.sft: missing key 'config'"),
+        (lambda d: d.update(steps=0), ValueError, r"exp.yaml: steps: must be >= 1"),
+        (lambda d: d.update(stepz=1), ValueError, r"exp.yaml: unknown key 'stepz'"),
+        (lambda d: d["stage1"].update(sft={}), ValueError, r"exp.yaml: stage1.sft.config: missing"),
         (lambda d: d["stage1"].update(sft={"config": "nope.yaml"}), ValueError, r"stage1.sft.config: .*nope"),
-        (lambda d: d["eval"].update(ks=[1, 9]), ValueError, r"eval: every k"),
-        (lambda d: d["eval"].update(tasks=[]), ValueError, r"eval: 'tasks'"),
-        (lambda d: d.update(seed="0"), TypeError, r"exp.yaml: 'seed'"),
+        (
+            lambda d: d["stage1"].update(none={"kind": "self-distill"}),
+            ValueError,
+            r"stage1.none: 'none' means",
+        ),
+        (lambda d: d["stage2"].update(kind="self-distill"), ValueError, r"stage2.kind: Stage II"),
+        (lambda d: d["eval"].update(ks=[1, 9]), ValueError, r"exp.yaml: eval.ks: every k"),
+        (lambda d: d["eval"].update(problems=[]), ValueError, r"exp.yaml: eval.problems"),
+        (lambda d: d["eval"].update(tasks=[]), ValueError, r"exp.yaml: unknown key 'eval.tasks'"),
+        (lambda d: d.update(seed="0"), ValueError, r"exp.yaml: seed: expected an integer"),
+        (lambda d: d["report"].update(token_counts={"x": []}), ValueError, r"report.token_counts.x"),
     ],
 )
 def test_config_errors_name_the_file_and_key(setup, change, error, match):

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from trainer_fixtures import make_tiny_model, read_records, tiny_config
+from train_helpers import read_records, tiny_config
 
 from exprl.data import load_problems
 from exprl.train import checkpoint, run
@@ -10,9 +10,9 @@ from exprl.train.loop import micro_batches
 from exprl.train.rollout import Rollouts, score
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("m") / "model")
+@pytest.fixture
+def model(tiny_models):
+    return tiny_models["plain"]
 
 
 def test_missing_model_path_names_the_key(tmp_path):

@@ -1,5 +1,5 @@
-"""What a run shows and leaves behind: progress bar, metrics log, before/after evaluation, the final table,
-plots and the Hugging Face export of the policy."""
+"""A run's lifecycle: start or resume from the latest checkpoint, close each step (log, progress bar,
+periodic checkpoint), and finish (before/after evaluation, the final table, plots, the HF export)."""
 
 from __future__ import annotations
 
@@ -91,36 +91,23 @@ def truncate_metrics(path: pathlib.Path, after_step: int) -> None:
     path.write_text("".join(ln + "\n" for ln in lines))
 
 
-def eval_problems(cfg: TrainConfig) -> list:
-    from exprl.data import load_problems
-
-    return [p for source in cfg.eval.problems for p in load_problems(source, seed=cfg.seed)]
-
-
 def evaluate_policy(engine, tokenizer, cfg: TrainConfig, stage: str) -> dict[str, Any]:
-    """pass@k of the current policy on `cfg.eval.problems` (rank 0 samples with the parameters gathered;
+    """pass@k of the current policy by `cfg.eval` (rank 0 samples with the parameters gathered;
     the other ranks wait). Returns the report as a dict (`EvalReport.to_dict()`), the same on all ranks,
     and writes runs/<name>/eval_<stage>.json."""
-    from exprl.eval.evaluation import evaluate
-    from exprl.train.rollout import generation_mode, prompt_text
+    from exprl.eval import evaluate_with
+    from exprl.models import prompt_text
+    from exprl.train.rollout import generation_mode
 
     result: list[Any] = [None]
     with generation_mode(engine, gather_parameters=True) as model:
         if dist.get_rank() == 0:
-            e = cfg.eval
-            report = evaluate(
+            report = evaluate_with(
                 model,
                 tokenizer,
-                eval_problems(cfg),
-                n=e.n,
-                ks=e.ks,
-                temperature=e.temperature,
-                max_new_tokens=e.max_new_tokens,
-                seed=cfg.seed,
-                batch_size=e.batch_size,
-                verifier=cfg.reward.sparse,
-                progress=False,
+                cfg.eval,
                 format_prompt=lambda p: prompt_text(p, tokenizer, cfg.model.chat_template),
+                progress=False,
             )
             result[0] = report.to_dict()
             cfg.run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,8 @@
 """`exprl pretrain`: train the tiny base model from scratch on the built-in tasks' reference solutions.
 
+It trains with plain PyTorch on one process (no DeepSpeed) and is graded like every other model: the
+shared answer extraction and the unbiased pass@k estimator.
+
 The training mixture is mostly the easy levels, with a thin slice of the harder ones, so the result
 solves easy problems and only rarely solves hard ones: the coverage gap that ExpRL is meant to close.
 The run is seeded end to end (data stream, initialisation, dropout-free training, sampling for the
@@ -21,8 +24,10 @@ import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 from exprl.data import FAMILIES, LEVELS, builtin_problems, iter_problems
+from exprl.eval.passk import mean_pass_at_k
 from exprl.models.generation import sample
 from exprl.models.tokenizer import build_tokenizer
+from exprl.rewards.answers import extract_answer, same_answer
 
 # Default share of training sequences drawn from each level (train split only).
 LEVEL_MIX = {1: 0.5, 2: 0.45, 3: 0.03, 4: 0.02}
@@ -125,17 +130,11 @@ def train(
     return model, tokenizer
 
 
-def final_answer(text: str) -> str | None:
-    """The answer after the last "Answer:" of a built-in-format response, or None."""
-    if "Answer:" not in text:
-        return None
-    return text.rsplit("Answer:", 1)[1].strip()
-
-
 def evaluate_levels(
     model, tokenizer, n_per_family: int, k: int, seed: int, split: str = "test", max_new_tokens: int = 96
 ) -> dict:
-    """pass@1 (mean over k samples at temperature 1) and pass@k per level, by exact final answer."""
+    """Unbiased pass@1 and pass@k from k samples per problem at temperature 1, per level; a sample is
+    correct when its final answer (`extract_answer`) is `same_answer` as the problem's."""
     results = {}
     for level in LEVELS:
         problems = [
@@ -151,11 +150,15 @@ def evaluate_levels(
             batch_size=256,
             generator_seed=seed,
         )
-        correct = torch.tensor([final_answer(s.text) == problems[s.prompt_index].answer for s in samples])
-        correct = correct.view(len(problems), k).float()
+        counts = [0] * len(problems)
+        for s in samples:
+            answer = extract_answer(s.text)
+            counts[s.prompt_index] += answer is not None and same_answer(
+                answer, problems[s.prompt_index].answer
+            )
         results[f"L{level}"] = {
-            "pass@1": round(correct.mean().item(), 4),
-            f"pass@{k}": round((correct.sum(1) > 0).float().mean().item(), 4),
+            "pass@1": round(mean_pass_at_k(k, counts, 1), 4),
+            f"pass@{k}": round(mean_pass_at_k(k, counts, k), 4),
             "problems": len(problems),
         }
     return results

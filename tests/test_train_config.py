@@ -108,6 +108,8 @@ def test_bad_override_names_key():
         ("reward:\n  options: {url: x}\n", "reward.options.url"),
         ("algo:\n  dual_clip: 0.5\n", "algo.dual_clip"),
         ("algo:\n  loss_agg: token-sum\n", "algo.loss_agg"),
+        ("algo:\n  kl_estimator: k4\n", "algo.kl_estimator"),
+        ("algo:\n  loss_backend: cuda\n", "algo.loss_backend"),
         ("eval:\n  ks: [1, 16]\n", "eval.ks"),
         ("steps: 0\n", "steps"),
         ("deepspeed:\n  config: /nonexistent/ds.json\n", "deepspeed.config"),

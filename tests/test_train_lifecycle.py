@@ -4,10 +4,10 @@ import contextlib
 import json
 
 import pytest
-from trainer_fixtures import make_tiny_model, tiny_config
+from train_helpers import make_tiny_model, tiny_config
 
 from exprl.data import load_problems
-from exprl.train import report, rollout
+from exprl.train import lifecycle, rollout
 from exprl.train.engine import init_distributed
 
 # A chat template made of characters the task tokenizer spells exactly, so decoding restores the text.
@@ -57,9 +57,9 @@ def test_evaluate_policy_formats_prompts_like_training(chat_model, tmp_path, mon
         rollout, "generation_mode", lambda engine, gather_parameters: contextlib.nullcontext(model)
     )
 
-    result = report.evaluate_policy(engine=None, tokenizer=tokenizer, cfg=cfg, stage="before")
+    result = lifecycle.evaluate_policy(engine=None, tokenizer=tokenizer, cfg=cfg, stage="before")
 
-    problems = [p for source in cfg.eval.problems for p in load_problems(source, seed=cfg.seed)]
+    problems = [p for source in cfg.eval.problems for p in load_problems(source)]
     if chat_template == "auto":
         expected = [f"[user] {p.prompt}\n[assistant] " for p in problems]
     else:

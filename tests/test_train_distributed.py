@@ -10,7 +10,7 @@ import time
 
 import pytest
 import yaml
-from trainer_fixtures import DIGIT_REWARD, make_tiny_model, read_records, toy_overrides
+from train_helpers import read_records, toy_overrides
 
 from exprl.train import run
 from exprl.train.config import load_config, save_config
@@ -34,11 +34,9 @@ def env() -> dict:
     return e
 
 
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy")
-    (root / "stop_digit.py").write_text(DIGIT_REWARD)
-    return make_tiny_model(root / "model", digits_stop=True), root / "stop_digit.py"
+@pytest.fixture
+def toy(tiny_models):
+    return tiny_models["digits"], tiny_models["reward"]
 
 
 def toy_config_file(toy, out: pathlib.Path, name: str, *extra: str) -> pathlib.Path:

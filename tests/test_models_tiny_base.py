@@ -1,16 +1,14 @@
-"""The shipped tiny base model and `exprl pretrain`."""
+"""The shipped tiny base model and the model loader."""
 
 import json
 
 import pytest
-import torch
-from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
 
 from exprl.data import builtin_problems
 from exprl.models import load_model_and_tokenizer, tiny_base_path
 from exprl.models.generation import sample
-from exprl.models.pretrain import final_answer, main, train
+from exprl.rewards.answers import extract_answer, same_answer
 
 
 def test_shipped_model_is_small_and_has_provenance():
@@ -34,7 +32,8 @@ def test_shipped_model_loads_and_solves_easy_problems_greedily():
     assert model.config._attn_implementation == "sdpa"
     problems = builtin_problems(None, 1, "test", 16, 123)
     samples = sample(model, tokenizer, [p.prompt for p in problems], 1, max_new_tokens=64, greedy=True)
-    solved = sum(final_answer(s.text) == p.answer for s, p in zip(samples, problems, strict=True))
+    answers = [extract_answer(s.text) for s in samples]
+    solved = sum(a is not None and same_answer(a, p.answer) for a, p in zip(answers, problems, strict=True))
     assert solved >= 12, solved
     assert all(not s.truncated and s.response_ids[-1] == tokenizer.eos_token_id for s in samples)
 
@@ -50,23 +49,5 @@ def test_shipped_model_shows_the_coverage_gap():
 
 
 def test_load_model_rejects_a_directory_without_a_model(tmp_path):
-    with pytest.raises(ValueError, match="path"):
+    with pytest.raises(FileNotFoundError, match=r"path: .* \(no config.json there\)"):
         load_model_and_tokenizer(tmp_path)
-
-
-def test_pretraining_is_deterministic_by_seed():
-    weights = [train(steps=3, batch_size=4, lr=1e-3, seed=s, log_every=0)[0].state_dict() for s in (5, 5, 6)]
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
-    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
-
-
-def test_pretrain_command_writes_a_loadable_model(tmp_path):
-    argv = ["--out", str(tmp_path), "--steps", "2", "--batch-size", "4", "--eval-n", "1", "--eval-k", "2"]
-    argv += ["--eval-max-new-tokens", "8"]
-    assert main(argv) == 0
-    model, tokenizer = load_model_and_tokenizer(tmp_path)
-    reloaded = load_file(tmp_path / "model.safetensors")
-    assert all(torch.equal(reloaded[k], v) for k, v in model.state_dict().items() if k in reloaded)
-    results = json.loads((tmp_path / "eval.json").read_text())
-    assert set(results) == {"L1", "L2", "L3", "L4"} and results["L1"]["problems"] == 4
-    assert "--steps 2" in (tmp_path / "PROVENANCE.md").read_text()

@@ -7,9 +7,9 @@ import statistics
 
 import pytest
 import torch
-from trainer_fixtures import DIGIT_REWARD, make_tiny_model, read_records, tiny_config, toy_overrides
+from train_helpers import read_records, tiny_config, toy_overrides
 
-from exprl.train import rollout, run
+from exprl.train import advantages, rollout, run
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 STEP_KEYS = (
@@ -32,24 +32,41 @@ STEP_KEYS = (
 )
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    reward_file = root / "stop_digit.py"
-    reward_file.write_text(DIGIT_REWARD)
-    return {
-        "plain": make_tiny_model(root / "plain"),
-        "digits": make_tiny_model(root / "digits", digits_stop=True),
-        "reward": reward_file,
-    }
-
-
 @pytest.mark.slow
-def test_grpo_raises_the_toy_reward(models, tmp_path):
-    cfg = tiny_config(models["digits"], tmp_path, "steps=8", *toy_overrides(models["reward"]))
+def test_grpo_raises_the_toy_reward(tiny_models, tmp_path):
+    cfg = tiny_config(tiny_models["digits"], tmp_path, "steps=8", *toy_overrides(tiny_models["reward"]))
     records = read_records(run(cfg))
     rewards = [r["reward/judge"] for r in records]
     # a random policy earns ~0.35; 8 GRPO steps at this learning rate reach ~0.7
+    assert statistics.mean(rewards[-3:]) > statistics.mean(rewards[:3]) + 0.15, rewards
+
+
+@pytest.mark.slow
+def test_an_estimator_registered_in_one_place_trains(tiny_models, tmp_path, monkeypatch):
+    monkeypatch.setattr(advantages, "ADVANTAGES", dict(advantages.ADVANTAGES))  # unregistered afterwards
+    calls = []
+
+    @advantages.register("rloo")
+    def leave_one_out(scores, group_size, *, response_lengths, token_segment_ids, scale):
+        """RLOO: each rollout's reward minus the mean reward of the other G-1 rollouts of its prompt."""
+        calls.append(token_segment_ids)
+        out = []
+        for i, (score, n) in enumerate(zip(scores, response_lengths, strict=True)):
+            group = scores[i - i % group_size : i - i % group_size + group_size]
+            baseline = (sum(group) - score) / (group_size - 1)
+            out.append(torch.full((n,), score - baseline))
+        return out
+
+    cfg = tiny_config(
+        tiny_models["digits"],
+        tmp_path,
+        "steps=8",
+        *toy_overrides(tiny_models["reward"]),
+        "algo.advantage=rloo",
+    )
+    records = read_records(run(cfg))
+    assert calls == [None] * 8  # once per step; no segment ids for an estimator that does not need them
+    rewards = [r["reward/judge"] for r in records]
     assert statistics.mean(rewards[-3:]) > statistics.mean(rewards[:3]) + 0.15, rewards
 
 
@@ -74,14 +91,14 @@ class StopDigitSegments:
 
 
 @pytest.mark.slow
-def test_process_group_raises_the_toy_reward(models, tmp_path, monkeypatch):
+def test_process_group_raises_the_toy_reward(tiny_models, tmp_path, monkeypatch):
     real = rollout.build_rewards
     monkeypatch.setattr(rollout, "build_rewards", lambda cfg: (StopDigitSegments(), real(cfg)[1]))
     cfg = tiny_config(
-        models["digits"],
+        tiny_models["digits"],
         tmp_path,
         "steps=8",
-        *toy_overrides(models["reward"]),
+        *toy_overrides(tiny_models["reward"]),
         "reward.name=rubric",
         "reward.options={}",
         "reward.mode=process",
@@ -96,13 +113,13 @@ def test_process_group_raises_the_toy_reward(models, tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "config", ["exprl_outcome_tiny.yaml", "exprl_process_tiny.yaml", "grpo_sparse_tiny.yaml"]
 )
-def test_shipped_rl_configs_run_and_log_every_metric(models, tmp_path, config):
+def test_shipped_rl_configs_run_and_log_every_metric(tiny_models, tmp_path, config):
     from exprl.train.config import load_config
 
     cfg = load_config(
         CONFIGS / config,
         [
-            f"model.path={models['plain']}",
+            f"model.path={tiny_models['plain']}",
             f"output_dir={tmp_path}",
             "steps=2",
             "checkpoint_every=1",
@@ -128,12 +145,12 @@ def test_shipped_rl_configs_run_and_log_every_metric(models, tmp_path, config):
 
 
 @pytest.mark.slow
-def test_export_holds_the_trained_weights_and_eval_table(models, tmp_path):
+def test_export_holds_the_trained_weights_and_eval_table(tiny_models, tmp_path):
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = tiny_config(
-        models["plain"],
+        tiny_models["plain"],
         tmp_path,
         "steps=1",
         "export=true",
@@ -148,7 +165,7 @@ def test_export_holds_the_trained_weights_and_eval_table(models, tmp_path):
     AutoTokenizer.from_pretrained(run_dir / "export")
     # independent path to the same weights: DeepSpeed's own consolidation of the ZeRO-3 checkpoint
     consolidated = get_fp32_state_dict_from_zero_checkpoint(str(run_dir / "checkpoints"), tag="step_000001")
-    initial = AutoModelForCausalLM.from_pretrained(models["plain"]).state_dict()
+    initial = AutoModelForCausalLM.from_pretrained(tiny_models["plain"]).state_dict()
     state = exported.state_dict()
     for name, value in consolidated.items():
         torch.testing.assert_close(state[name], value, rtol=0, atol=0)
@@ -159,13 +176,13 @@ def test_export_holds_the_trained_weights_and_eval_table(models, tmp_path):
 
 
 @pytest.mark.slow
-def test_sft_lowers_its_loss(models, tmp_path):
+def test_sft_lowers_its_loss(tiny_models, tmp_path):
     from exprl.train.config import load_config
 
     cfg = load_config(
         CONFIGS / "sft_tiny.yaml",
         [
-            f"model.path={models['plain']}",
+            f"model.path={tiny_models['plain']}",
             f"output_dir={tmp_path}",
             "steps=8",
             "progress=false",
@@ -188,11 +205,11 @@ def test_sft_lowers_its_loss(models, tmp_path):
     # unpadded sequences, one at a time.
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from exprl.data import load_problems
-    from exprl.train.loop import step_prompts
+    from exprl.data import load_problems, step_prompts
+    from exprl.models import prompt_text
 
-    tokenizer = AutoTokenizer.from_pretrained(models["plain"])
-    model = AutoModelForCausalLM.from_pretrained(models["plain"], dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["plain"])
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["plain"], dtype=torch.float32)
     problems = load_problems(cfg.data.train, seed=cfg.seed)
     for step, record in enumerate(records):
         picked = [problems[i] for i in step_prompts(len(problems), 8, step, cfg.seed, cfg.data.shuffle)]
@@ -202,7 +219,7 @@ def test_sft_lowers_its_loss(models, tmp_path):
             continue
         entropies, nlls = [], []
         for problem, answer in zip(picked, answers, strict=True):
-            prompt = tokenizer(rollout.prompt_text(problem, tokenizer, cfg.model.chat_template))["input_ids"]
+            prompt = tokenizer(prompt_text(problem, tokenizer, cfg.model.chat_template))["input_ids"]
             ids = torch.tensor([prompt + answer + [tokenizer.eos_token_id]])
             with torch.no_grad():
                 logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].double()

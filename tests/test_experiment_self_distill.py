@@ -3,12 +3,13 @@
 import json
 
 import pytest
-from eval_fixtures import bigram_policy, problems
+from eval_helpers import bigram_policy, problems
 from safetensors.torch import load_file
 
 from exprl.data import Problem, load_problems
-from exprl.eval.experiment import StageSettings, StageSpec, self_distill_stage
-from exprl.eval.self_distill import collect_correct_samples, write_records
+from exprl.experiment.config import StageSettings
+from exprl.experiment.self_distill import collect_correct_samples, write_records
+from exprl.experiment.stages import StageSpec, self_distill_stage
 
 
 def test_keeps_each_distinct_verified_completion_once():

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from exprl.eval.experiment import main
+from exprl.experiment.cli import main
 from exprl.models.tokenizer import build_tokenizer
 
 TRAINER_CONFIGS = {
@@ -42,12 +42,12 @@ stage1:
   exprl-process: {{config: {tmp_path / "process.yaml"}}}
   self-distill: {{config: {tmp_path / "sft.yaml"}, kind: self-distill}}
 stage2: {{config: {tmp_path / "grpo.yaml"}}}
-eval: {{tasks: ["builtin:all:1:test:3", "builtin:all:1:ood:3"], n: 4, ks: [1, 4], max_new_tokens: 12,
+eval: {{problems: ["builtin:all:1:test:3", "builtin:all:1:ood:3"], n: 4, ks: [1, 4], max_new_tokens: 12,
         batch_size: 16}}
 report:
   reward_metric: reward/sparse
   token_counts:
-    trained tokens: tokens
+    trained tokens: [tokens]
 """
 
 
