@@ -38,10 +38,9 @@ except ImportError as error:  # pragma: no cover - the message is the point
     raise ImportError("exprl.integrations.trl needs TRL: pip install 'exprl[trl]'") from error
 
 from exprl.batching import segment_advantages
-from exprl.data import Problem
+from exprl.data import SEGMENT_DELIMITER, Problem
 from exprl.kernels import BACKENDS, entropy_pg_loss
 from exprl.rewards import RewardSource, Rollout, build_reward, token_segment_ids
-from exprl.rewards.segments import DEFAULT_DELIMITER
 
 # TRL loss_type -> exprl loss_agg with the same normalisation (up to rows with no token; see README).
 LOSS_AGG_OF_LOSS_TYPE = {
@@ -151,7 +150,7 @@ class _DenseRewardColumn:
         self.func = func
         self.name = name
         self.granularity = func.granularity
-        self.delimiter = getattr(func, "delimiter", DEFAULT_DELIMITER)
+        self.delimiter = getattr(func, "delimiter", SEGMENT_DELIMITER)
         self.scores: list[list[float] | None] = []
         self.completion_ids: list[list[int]] = []
 
@@ -338,7 +337,7 @@ class TRLReward:
         self.answer_column = answer_column
         self.__name__ = source.name
         self.granularity = "segment" if source.granularity == "segment" else "response"
-        self.delimiter = getattr(source, "delimiter", DEFAULT_DELIMITER)
+        self.delimiter = getattr(source, "delimiter", SEGMENT_DELIMITER)
 
     def _column(self, column: str | None, columns: dict[str, Any], size: int) -> list[str]:
         if column is None:
