@@ -298,7 +298,7 @@ class ExpRLGRPOTrainer(GRPOTrainer):
         elif self.loss_type == "dr_grpo":
             normalisation["max_len"] = self.max_completion_length
         out = entropy_pg_loss(
-            logits[:, :-1],  # drops the position past the last token; entropy_pg_loss copies this view
+            logits,  # (B, T+1, V) as the model returns them, read in place; the last position is ignored
             completion_ids,
             inputs["advantages"],
             mask=mask.bool(),
