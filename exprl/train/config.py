@@ -56,8 +56,13 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 64
-    # ZeRO-3: gather all parameters once per rollout; False = generate with synced_gpus (less memory)
+    # ZeRO-3: gather all parameters once per step for sampling (a whole model per GPU, released before
+    # training); False = sample from sharded parameters, all ranks in lockstep (less memory, slower)
     gather_parameters: bool = True
+    # static KV cache, and on CUDA decode steps compiled with CUDA graphs (full-attention models only;
+    # finished rows are not compacted out): see exprl.models.generation.sample_tokens. Not yet run on a
+    # GPU (benchmarks/gpu_check.sh trains with it on): off by default
+    compile_decoding: bool = False
 
 
 @dataclass

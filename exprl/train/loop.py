@@ -90,7 +90,7 @@ def train_step(
     share = cfg.rollout.prompts_per_step // world
     mine = range(rank * share, (rank + 1) * share)
     t0 = time.perf_counter()
-    ro = rollout.generate(
+    ro, decode = rollout.generate(
         engine,
         tokenizer,
         [problems[indices[j]] for j in mine],
@@ -106,13 +106,16 @@ def train_step(
     t3 = time.perf_counter()
     metrics = rollout_metrics(ro, cfg.rollout.group_size, state)
     metrics.update(train_stats)
-    gen_tokens = global_sum([float(sum(len(r) for r in ro.response_ids))])[0]
+    gen_tokens, positions, wasted = global_sum(
+        [float(decode.sampled_tokens), float(decode.decode_positions), float(decode.wasted_positions)]
+    )
     metrics.update(
         {
             "time/generation": t1 - t0,
             "time/scoring": t2 - t1,
             "time/training": t3 - t2,
             "throughput/generated_tokens_per_s": gen_tokens / max(t1 - t0, 1e-9),
+            "rollout/wasted_decode_share": wasted / max(positions, 1.0),
             "throughput/trained_tokens_per_s": train_stats["tokens"]
             * cfg.algo.ppo_epochs
             / max(t3 - t2, 1e-9),
@@ -122,7 +125,7 @@ def train_step(
     return metrics
 
 
-def compute_advantages(ro: rollout.Rollouts, tokenizer, cfg: TrainConfig) -> list[Tensor]:
+def compute_advantages(ro: rollout.RolloutGroups, tokenizer, cfg: TrainConfig) -> list[Tensor]:
     """Per rollout, float32 (R_i,) advantages of its response tokens, from the registered estimator."""
     estimator = advantages.get(cfg.algo.advantage)
     segment_ids: list[Tensor] | None = None
@@ -143,7 +146,7 @@ def compute_advantages(ro: rollout.Rollouts, tokenizer, cfg: TrainConfig) -> lis
 class MicroBatch:
     """Training tensors of a few rollouts, padded (B, L); `advantages` and `mask` align with `target_ids`."""
 
-    batch: batching.RolloutBatch
+    batch: batching.TrainingBatch
     advantages: Tensor  # float32 (B, L), 0 off the response
     mask: Tensor  # bool (B, L): response tokens of rollouts that were graded
     old_logprobs: Tensor | None = None  # float32 (B, L)
@@ -159,7 +162,7 @@ class MicroBatch:
 
 
 def micro_batches(
-    ro: rollout.Rollouts, token_adv: Sequence[Tensor], pad_id: int, size: int, device: torch.device
+    ro: rollout.RolloutGroups, token_adv: Sequence[Tensor], pad_id: int, size: int, device: torch.device
 ) -> list[MicroBatch]:
     """Rollouts -> `size`-sequence micro-batches through `exprl.batching.build_rollout_batch`.
     Dropped rollouts (score None) keep their place with an all-zero mask."""
@@ -190,7 +193,7 @@ def forward_logits(engine, mb: MicroBatch) -> Tensor:
 
 
 def optimize(
-    engine, ref, ro: rollout.Rollouts, token_adv: Sequence[Tensor], pad_id: int, cfg: TrainConfig
+    engine, ref, ro: rollout.RolloutGroups, token_adv: Sequence[Tensor], pad_id: int, cfg: TrainConfig
 ) -> dict[str, float]:
     """PPO epochs over the rollouts: old/ref log-probs first, then mini-batch optimizer steps with
     gradient accumulation over micro-batches. Returns global means (loss, entropy, kl, clip_frac, ...)."""
@@ -265,7 +268,7 @@ def optimize(
     }
 
 
-def rollout_metrics(ro: rollout.Rollouts, group_size: int, state: dict[str, Any]) -> dict[str, float]:
+def rollout_metrics(ro: rollout.RolloutGroups, group_size: int, state: dict[str, Any]) -> dict[str, float]:
     """Global rollout statistics; also updates the run's record of prompts that were unsolved at their
     first appearance and later solved (`state`, saved in checkpoints)."""
     kept = [s for s in ro.scores if s is not None]
