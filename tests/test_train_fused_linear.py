@@ -3,12 +3,11 @@ hidden states and the lm_head give the same run as the logits path, with 1 rank,
 kill and resume; which models get it; the hidden states it takes."""
 
 import json
-import subprocess
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train_distributed import env, kill_at_first_checkpoint, launcher, toy_config_file
+from test_train_distributed import finish, kill_at_first_checkpoint, launch, toy_config_file
 from train_helpers import read_records
 
 from exprl.train import run
@@ -81,11 +80,18 @@ def test_two_ranks_fused_matches_logits_path(toy, tmp_path):
     common = ["steps=2", "checkpoint_every=0", "algo.micro_batch_size=4", *ALGO]
     for port, fused in ((29571, True), (29572, False)):
         path = partitioned(toy, tmp_path, f"two-{fused}", *common, f"algo.fused_linear={str(fused).lower()}")
-        command = [*launcher(), "--num_gpus", "2", "--master_port", str(port), "--module", "exprl.train"]
-        result = subprocess.run(
-            [*command, "--config", str(path)], env=env(), capture_output=True, text=True, timeout=600
+        finish(
+            launch(
+                "--num_gpus",
+                "2",
+                "--master_port",
+                str(port),
+                "--module",
+                "exprl.train",
+                "--config",
+                str(path),
+            )
         )
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert_same_run(tmp_path / "two-True", tmp_path / "two-False", steps=2)
 
 

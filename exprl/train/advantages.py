@@ -11,7 +11,8 @@ Every estimator has the same signature:
   trainer computes it only for estimators registered with `needs_segments=True`, else passes None.
 * Returns per rollout a float32 (R_i,) tensor: the advantage of each response token.
 
-Adding a variant is adding a function with `@register("name")` (`needs_segments=True` when it reads
+Adding a variant is adding a function with `@register("name")` (`needs_groups=True` when it normalises
+within a prompt's group of samples, `needs_segments=True` when it reads
 per-segment scores): config validation and the trainer ask `ADVANTAGES`, there is no other list.
 """
 
@@ -36,6 +37,8 @@ class Estimator:
     fn: Callable[..., list[Tensor]]
     # reads per-segment scores and token_segment_ids: needs a judge in process mode (reward.mode: process)
     needs_segments: bool = False
+    # normalises within a prompt's group of samples: with one sample per prompt every advantage is 0
+    needs_groups: bool = False
 
     def __call__(self, *args, **kwargs) -> list[Tensor]:
         return self.fn(*args, **kwargs)
@@ -44,7 +47,9 @@ class Estimator:
 ADVANTAGES: dict[str, Estimator] = {}
 
 
-def register(name: str, *, needs_segments: bool = False) -> Callable[[Callable], Callable]:
+def register(
+    name: str, *, needs_segments: bool = False, needs_groups: bool = False
+) -> Callable[[Callable], Callable]:
     """Decorator: add `fn` to `ADVANTAGES` as `name`; a name registered twice is a ValueError."""
 
     def add(fn: Callable[..., list[Tensor]]) -> Callable[..., list[Tensor]]:
@@ -53,7 +58,7 @@ def register(name: str, *, needs_segments: bool = False) -> Callable[[Callable],
                 f"advantage estimator {name!r} is already registered "
                 f"({ADVANTAGES[name].fn.__module__}.{ADVANTAGES[name].fn.__qualname__})"
             )
-        ADVANTAGES[name] = Estimator(name, fn, needs_segments)
+        ADVANTAGES[name] = Estimator(name, fn, needs_segments, needs_groups)
         return fn
 
     return add
@@ -67,7 +72,7 @@ def get(name: str) -> Estimator:
     return ADVANTAGES[name]
 
 
-@register("grpo")
+@register("grpo", needs_groups=True)
 def grpo(
     scores: Sequence[Score],
     group_size: int,
@@ -133,7 +138,7 @@ def _process(mode: str) -> Callable[..., list[Tensor]]:
 
 register("process-delta", needs_segments=True)(_process("delta"))
 register("process-end", needs_segments=True)(_process("end"))
-register("process-group", needs_segments=True)(_process("group"))
+register("process-group", needs_segments=True, needs_groups=True)(_process("group"))
 
 
 def _check_lengths(scores: Sequence[Score], response_lengths: Sequence[int], group_size: int) -> None:

@@ -14,6 +14,7 @@ ranks), so the gradient, and the logged loss, do not depend on the rank count or
 from __future__ import annotations
 
 import pathlib
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from torch import Tensor
 
 from exprl import batching
 from exprl.data import Problem, load_problems, step_prompts
+from exprl.errors import RunError
 from exprl.kernels import (
     PGLossOutput,
     entropy_pg_loss,
@@ -40,6 +42,7 @@ from exprl.train.engine import (
     deepspeed_config,
     forward_hidden,
     fused_linear_head,
+    gather_sum,
     gathered_head,
     global_sum,
     init_distributed,
@@ -53,20 +56,21 @@ def run_rl(cfg: TrainConfig) -> pathlib.Path:
     rank, world = init_distributed()
     seed_everything(cfg.seed)
     problems = load_problems(cfg.data.train, seed=cfg.seed)
+    _, grad_accum = batch_layout(cfg, world)
+    judge, verifier = rollout.build_rewards(cfg)  # before the model: a bad reward.options fails fast
+    model, tokenizer = load_policy(cfg)
+    problems = rollout.fit_context(problems, tokenizer, model.config, cfg, announce=rank == 0)
     if len(problems) < cfg.rollout.prompts_per_step:
         raise ValueError(
-            f"data.train: {cfg.data.train!r} holds {len(problems)} problems, fewer than "
+            f"{cfg.source}: data.train: {cfg.data.train!r} holds {len(problems)} problems, fewer than "
             f"rollout.prompts_per_step={cfg.rollout.prompts_per_step}"
         )
-    _, grad_accum = batch_layout(cfg, world)
-    model, tokenizer = load_policy(cfg)
     fused_linear = fused_linear_head(model, cfg.algo.fused_linear)
     engine = build_engine(model, deepspeed_config(cfg, cfg.algo.micro_batch_size, grad_accum, world))
     ref = None
     if cfg.algo.kl_coef > 0:
         ref_ds = deepspeed_config(cfg, cfg.algo.micro_batch_size, grad_accum, world, with_optimizer=False)
         ref = build_engine(load_policy(cfg)[0], ref_ds, trainable=False)
-    judge, verifier = rollout.build_rewards(cfg)
 
     state: dict[str, Any] = {
         "step": 0,
@@ -76,10 +80,12 @@ def run_rl(cfg: TrainConfig) -> pathlib.Path:
         "eval_before": None,
     }
     state, logger, bar, saved = lifecycle.begin_run(engine, tokenizer, cfg, rank, state)
-    for step in range(state["step"], cfg.steps):
+    first, warned = state["step"], False
+    for step in range(first, cfg.steps):
         metrics = train_step(
             engine, ref, tokenizer, judge, verifier, problems, cfg, step, state, fused_linear
         )
+        warned = check_dropped(metrics, judge, cfg, step, first=step == first, warned=warned)
         saved = lifecycle.end_step(engine, cfg, state, metrics, logger, bar)
     lifecycle.end_run(engine, tokenizer, cfg, state, logger, bar, saved, rank)
     return cfg.run_dir
@@ -113,12 +119,14 @@ def train_step(
         step,
     )
     t1 = time.perf_counter()
+    counters_before = rollout.counter_snapshot(judge, verifier)
     rollout.score(ro, judge, verifier)
     t2 = time.perf_counter()
     token_adv = compute_advantages(ro, tokenizer, cfg)
     train_stats = optimize(engine, ref, ro, token_adv, tokenizer.pad_token_id, cfg, fused_linear)
     t3 = time.perf_counter()
     metrics = rollout_metrics(ro, cfg.rollout.group_size, state)
+    metrics.update(gather_sum(rollout.counter_increments(judge, verifier, counters_before)))
     metrics.update(train_stats)
     gen_tokens, positions, wasted = global_sum(
         [float(decode.sampled_tokens), float(decode.decode_positions), float(decode.wasted_positions)]
@@ -374,3 +382,33 @@ def rollout_metrics(ro: rollout.RolloutGroups, group_size: int, state: dict[str,
         "prompts/unsolved_became_solved": float(len(became)),
         "prompts/unsolved_seen": float(len(seen_unsolved)),
     }
+
+
+def check_dropped(
+    metrics: dict[str, float], judge, cfg: TrainConfig, step: int, first: bool, warned: bool
+) -> bool:
+    """Make dropped rollouts visible: a first step (of this invocation) that drops every rollout stops the
+    run with the judge's first failure (a wrong URL, a closed port, a reward that always hangs), and the
+    first step past `reward.warn_drop_rate` prints a warning. Returns whether the warning was printed."""
+    total = cfg.rollout.prompts_per_step * cfg.rollout.group_size
+    dropped = metrics["dropped_rollouts"]
+    if not dropped or warned:  # the first step comes before any warning
+        return warned
+    failures: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(failures, getattr(judge, "first_failure", None))
+    causes = ", ".join(
+        f"{key.removeprefix('dropped/')} {value:g}"
+        for key, value in metrics.items()
+        if key.startswith("dropped/") and value
+    )
+    what = (
+        f"step {step + 1}: reward {cfg.reward.name!r} dropped {dropped:g} of {total} rollouts ({causes}); "
+        f"first failure: {next((f for f in failures if f), 'not described by the reward')}"
+    )
+    if first and dropped == total:
+        raise RunError(what + ". Nothing is left to train on: check reward.name and reward.options")
+    if not warned and dropped / total > cfg.reward.warn_drop_rate:
+        if dist.get_rank() == 0:
+            print(f"warning: {what} (reward.warn_drop_rate={cfg.reward.warn_drop_rate:g})", file=sys.stderr)
+        return True
+    return warned
