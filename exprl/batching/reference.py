@@ -14,7 +14,7 @@ Layout conventions:
 import torch
 from torch import Tensor
 
-IGNORE_INDEX = -100
+from exprl.kernels.reference import IGNORE_INDEX
 
 SEGMENT_MODES = {"delta": 0, "end": 1, "group": 2}
 

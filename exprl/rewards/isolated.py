@@ -64,8 +64,8 @@ def _describe(error: BaseException) -> str:
 
 
 class IsolatedReward:
-    """The reward `build_reward(name, **options)`, each rollout scored in a worker process within
-    `timeout_s` seconds.
+    """The reward source class `cls` built with `options`, each rollout scored in a worker process within
+    `timeout_s` seconds (what `build_reward(name, call_timeout_s=...)` returns for a reward that may hang).
 
     A rollout whose call times out scores None (the trainer drops it) and counts in counters["timeout"];
     the worker is killed and a fresh one serves the next rollout. The reward's own counters come back from
@@ -74,12 +74,9 @@ class IsolatedReward:
     `first_failure` describes the first rollout it could not score.
     """
 
-    def __init__(self, name: str, options: dict[str, Any], timeout_s: float) -> None:
-        from exprl.rewards.registry import reward_class
-
+    def __init__(self, cls: type, options: dict[str, Any], timeout_s: float) -> None:
         if not isinstance(timeout_s, int | float) or isinstance(timeout_s, bool) or timeout_s <= 0:
             raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
-        cls = reward_class(name)
         self.name, self.granularity = cls.name, cls.granularity
         self.delimiter = options.get("delimiter", SEGMENT_DELIMITER)
         self.timeout_s = float(timeout_s)

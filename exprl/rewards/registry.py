@@ -90,5 +90,5 @@ def build_reward(name: str, *, call_timeout_s: float | None = None, **options) -
     if call_timeout_s is not None and getattr(cls, "may_hang", False):
         from exprl.rewards.isolated import IsolatedReward
 
-        return IsolatedReward(name, options, call_timeout_s)
+        return IsolatedReward(cls, options, call_timeout_s)
     return cls(**options)

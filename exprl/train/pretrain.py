@@ -25,13 +25,13 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 from exprl.data import FAMILIES, LEVELS, builtin_problems, iter_problems
 from exprl.eval.passk import mean_pass_at_k
+from exprl.kernels import IGNORE_INDEX
 from exprl.models.generation import sample
 from exprl.models.tokenizer import build_tokenizer
 from exprl.rewards.answers import extract_answer, same_answer
 
 # Default share of training sequences drawn from each level (train split only).
 LEVEL_MIX = {1: 0.5, 2: 0.45, 3: 0.03, 4: 0.02}
-IGNORE_INDEX = -100
 
 
 def tiny_config(vocab_size: int, pad_id: int, eos_id: int) -> LlamaConfig:
