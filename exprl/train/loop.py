@@ -130,12 +130,14 @@ def compute_advantages(ro: rollout.Rollouts, tokenizer, cfg: TrainConfig) -> lis
         from exprl.rewards.segments import token_segment_ids
 
         segment_ids = [token_segment_ids(ids, tokenizer, cfg.reward.delimiter) for ids in ro.response_ids]
+    extra = {"truncated": ro.truncated} if estimator.needs_segments else {}
     return estimator(
         ro.scores,
         cfg.rollout.group_size,
         response_lengths=[len(r) for r in ro.response_ids],
         token_segment_ids=segment_ids,
         scale=cfg.algo.scale,
+        **extra,
     )
 
 
@@ -268,8 +270,9 @@ def optimize(
 def rollout_metrics(ro: rollout.Rollouts, group_size: int, state: dict[str, Any]) -> dict[str, float]:
     """Global rollout statistics; also updates the run's record of prompts that were unsolved at their
     first appearance and later solved (`state`, saved in checkpoints)."""
-    kept = [s for s in ro.scores if s is not None]
-    judge_sum = sum(float(np.mean(s)) if isinstance(s, list) else float(s) for s in kept)
+    kept = [(s, t) for s, t in zip(ro.scores, ro.truncated, strict=True) if s is not None]
+    # per-segment scores of truncated rollouts are the judge's own (the estimators apply the length rule)
+    judge_sum = sum(0.0 if t else float(np.mean(s)) if isinstance(s, list) else float(s) for s, t in kept)
     solved = [max(ro.correct[i : i + group_size]) > 0 for i in range(0, len(ro), group_size)]
     ids = [ro.problems[i].id for i in range(0, len(ro), group_size)]
     n, kept_n, judge_sum, correct_sum, solved_sum, length_sum, trunc_sum = global_sum(

@@ -99,8 +99,9 @@ def generate(
 def score(rollouts: Rollouts, judge: RewardSource, verifier: RewardSource) -> None:
     """Fill `rollouts.scores` (judge) and `rollouts.correct` (sparse verifier) in place.
 
-    Contract (docs/design.md §1): a truncated rollout gets reward 0 (per segment: all zeros, so all its
-    process advantages are 0); a rollout the judge cannot grade (None) is dropped (None), as is a segment
+    Contract (docs/design.md §1): a truncated rollout gets reward 0; its per-segment scores stay as the
+    judge gave them, and the process estimator applies the length-limit rule (exprl.train.advantages:
+    EndNorm's differs); a rollout the judge cannot grade (None) is dropped (None), as is a segment
     list whose length disagrees with the response's segments. A judge that raises is a bug: the error
     propagates.
     """
@@ -122,7 +123,7 @@ def score(rollouts: Rollouts, judge: RewardSource, verifier: RewardSource) -> No
                 judge.counters["segment_mismatch"] = judge.counters.get("segment_mismatch", 0) + 1
                 scores[i] = None
                 continue
-            scores[i] = [0.0] * len(s) if rollout.truncated else [float(v) for v in s]
+            scores[i] = [float(v) for v in s]
         else:
             scores[i] = 0.0 if rollout.truncated else float(s)
     rollouts.scores = scores
