@@ -51,7 +51,8 @@ answer. Then grade the student's step by what it does for those checkpoints:
 1 = it contradicts a checkpoint (a result or answer that differs from the reference's).
 End with "Score: k"."""
 
-PROCESS_SEGMENT = """Problem:
+PROCESS_SEGMENT = (
+    """Problem:
 {problem}
 
 Reference solution (steps separated by "{delimiter}"):
@@ -63,9 +64,12 @@ One step of the student's reasoning (the steps before it are NOT shown; grade th
 do not guess what came earlier):
 {step}
 
-""" + _CHECKPOINTS
+"""
+    + _CHECKPOINTS
+)
 
-PROCESS_PREFIX = """Problem:
+PROCESS_PREFIX = (
+    """Problem:
 {problem}
 
 Reference solution (steps separated by "{delimiter}"):
@@ -79,7 +83,9 @@ Student's earlier steps (context only, do not grade them):
 Student's current step, the one to grade:
 {step}
 
-""" + _CHECKPOINTS
+"""
+    + _CHECKPOINTS
+)
 
 _SCORE = re.compile(r"score\s*[:=]\s*\**\s*(\d+(?:\.\d+)?)\s*\**\s*(?:/\s*5)?", re.IGNORECASE)
 
@@ -102,7 +108,9 @@ def check_context(context: str) -> str:
     return context
 
 
-def process_messages(problem, previous: list[str], step: str, delimiter: str, context: str = "segment") -> Messages:
+def process_messages(
+    problem, previous: list[str], step: str, delimiter: str, context: str = "segment"
+) -> Messages:
     """Chat messages asking for the grade of `step`; with context "prefix" the judge also sees the
     response's `previous` segments, with "segment" (the published default) it sees the step alone."""
     template = PROCESS_PREFIX if check_context(context) == "prefix" else PROCESS_SEGMENT

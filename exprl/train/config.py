@@ -45,6 +45,8 @@ class RewardConfig:
     name: str = "rubric"  # a registered reward (exprl.rewards.reward_names())
     mode: Literal["outcome", "process"] = "outcome"  # used by judges only (exprl.rewards.is_judge)
     delimiter: str = SEGMENT_DELIMITER
+    # process judges: grade each segment alone (as published) or with the segments before it
+    process_context: Literal["segment", "prefix"] = "segment"
     options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for build_reward
     sparse: str = "exact"  # the verifier behind the reward/sparse and pass_rate metrics (eval: eval.verifier)
 
@@ -270,14 +272,14 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
 def _check_reward_options(cfg: TrainConfig, fail) -> None:
     """reward.options must be keyword arguments of the reward's constructor (checked without building it:
     a model judge would load its model)."""
-    accepted = set(rewards.reward_options(cfg.reward.name)) - {"mode", "delimiter"}
+    accepted = set(rewards.reward_options(cfg.reward.name)) - {"mode", "delimiter", "process_context"}
     for key in cfg.reward.options:
         if key not in accepted:
             fail(
                 f"reward.options.{key}",
                 f"not an option of reward {cfg.reward.name!r} "
-                f"(it takes: {', '.join(sorted(accepted))}; mode and delimiter are reward.mode and "
-                "reward.delimiter)",
+                f"(it takes: {', '.join(sorted(accepted))}; mode, delimiter and process_context are "
+                "reward.mode, reward.delimiter and reward.process_context)",
             )
 
 

@@ -138,5 +138,6 @@ def build_rewards(cfg: TrainConfig) -> tuple[RewardSource, RewardSource]:
 
     options = dict(cfg.reward.options)
     if is_judge(cfg.reward.name):  # judges grade against the reference, per response or per segment
-        options.update(mode=cfg.reward.mode, delimiter=cfg.reward.delimiter)
+        r = cfg.reward
+        options.update(mode=r.mode, delimiter=r.delimiter, process_context=r.process_context)
     return build_reward(cfg.reward.name, **options), build_reward(cfg.reward.sparse)
