@@ -111,3 +111,12 @@ def test_latest_ignores_incomplete_checkpoints(tmp_path):
     assert checkpoint.latest(tmp_path) == "step_000002"
     (tmp_path / "latest").write_text("step_000004")  # names a tag that never completed
     assert checkpoint.latest(tmp_path) is None
+
+
+def test_score_keeps_a_truncated_reward_when_told():
+    # Stage II as published: a right answer whose response hit the length limit is still rewarded
+    ro = toy_rollouts(["a", "b"], [True, True])
+    score(ro, FixedJudge([1.0, 0.0]), FixedJudge([1.0, 0.0]), truncation="keep")
+    assert ro.scores == [1.0, 0.0]
+    score(ro, FixedJudge([1.0, 0.0]), FixedJudge([1.0, 0.0]))
+    assert ro.scores == [0.0, 0.0]

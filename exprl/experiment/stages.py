@@ -95,7 +95,7 @@ def self_distill_stage(spec: StageSpec) -> StageResult:
         seed=cfg.seed,
         verifier=cfg.reward.sparse,
         batch_size=max(cfg.sft.batch_size, r.group_size),
-        format_prompt=lambda p: prompt_text(p, tokenizer, cfg.model.chat_template),
+        format_prompt=lambda p: prompt_text(p, tokenizer, cfg.model.chat_template, cfg.rollout.system_prompt),
     )
     extra = {
         "samples": data.samples,

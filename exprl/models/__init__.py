@@ -6,12 +6,13 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from exprl.models.prompts import prompt_text
+from exprl.models.prompts import PAPER_SYSTEM_PROMPT, prompt_text
 
 __all__ = [
     "TINY",
     "default_attn_implementation",
     "load_model_and_tokenizer",
+    "PAPER_SYSTEM_PROMPT",
     "prompt_text",
     "resolve_model_path",
     "tiny_base_path",

@@ -48,6 +48,9 @@ class RewardConfig:
     # process judges: grade each segment alone (as published) or with the segments before it
     process_context: Literal["segment", "prefix"] = "segment"
     options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for build_reward
+    # a truncated rollout's reward: "zero" (Stage I as published) or "keep" what the reward gives (Stage II:
+    # a correct answer whose response hit the length limit is still rewarded)
+    truncation: Literal["zero", "keep"] = "zero"
     sparse: str = "exact"  # the verifier behind the reward/sparse and pass_rate metrics (eval: eval.verifier)
 
 
@@ -58,6 +61,9 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 64
+    # a system message for the policy, used only with a chat template (exprl.models.PAPER_SYSTEM_PROMPT in
+    # the paper presets; plain prompts, as the tiny tasks', keep their own format)
+    system_prompt: str | None = None
     # ZeRO-3: gather all parameters once per rollout; False = generate with synced_gpus (less memory)
     gather_parameters: bool = True
 
@@ -74,7 +80,12 @@ class AlgoConfig:
     dual_clip: float | None = 3.0
     kl_coef: float = 1e-3
     kl_estimator: str = "k3"  # one of exprl.kernels.KL_ESTIMATORS
-    entropy_coef: float = 1e-3
+    entropy_coef: float = 1e-3  # the starting coefficient when entropy_target is set
+    # adapt entropy_coef after every step to hold the policy's mean token entropy near this target:
+    # coef += entropy_rate * (target - entropy), clamped to entropy_coef_bounds (exprl.train.entropy)
+    entropy_target: float | None = None
+    entropy_rate: float = 1e-2
+    entropy_coef_bounds: tuple[float, float] = (0.0, 1e-2)
     loss_agg: str = "token-mean"  # one of exprl.kernels.LOSS_AGGS
     loss_backend: str = "auto"  # one of exprl.kernels.BACKENDS
 
@@ -262,6 +273,19 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
     ):
         if v < 0:
             fail(key, f"must be >= 0, got {v}")
+    if a.entropy_target is not None and a.entropy_target <= 0:
+        fail("algo.entropy_target", f"must be > 0 or null, got {a.entropy_target}")
+    if a.entropy_rate <= 0:
+        fail("algo.entropy_rate", f"must be > 0, got {a.entropy_rate}")
+    low, high = a.entropy_coef_bounds
+    if not 0 <= low <= high:
+        fail("algo.entropy_coef_bounds", f"must be [low, high] with 0 <= low <= high, got {[low, high]}")
+    if a.entropy_target is not None and not low <= a.entropy_coef <= high:
+        fail(
+            "algo.entropy_coef", f"the starting coefficient {a.entropy_coef} lies outside entropy_coef_bounds"
+        )
+    if r.system_prompt is not None and not r.system_prompt.strip():
+        fail("rollout.system_prompt", "must be null or non-empty text")
     if cfg.optim.lr <= 0:
         fail("optim.lr", f"must be > 0, got {cfg.optim.lr}")
     check_eval_settings(cfg.eval, lambda key, why: fail(f"eval.{key}", why))

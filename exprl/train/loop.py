@@ -37,6 +37,7 @@ from exprl.train.engine import (
     load_policy,
     seed_everything,
 )
+from exprl.train.entropy import EntropyController
 
 
 def run_rl(cfg: TrainConfig) -> pathlib.Path:
@@ -99,13 +100,18 @@ def train_step(
         step,
     )
     t1 = time.perf_counter()
-    rollout.score(ro, judge, verifier)
+    rollout.score(ro, judge, verifier, cfg.reward.truncation)
     t2 = time.perf_counter()
     token_adv = compute_advantages(ro, tokenizer, cfg)
-    train_stats = optimize(engine, ref, ro, token_adv, tokenizer.pad_token_id, cfg)
+    controller = EntropyController.from_config(cfg.algo, state.get("entropy_coef"))
+    entropy_coef = controller.coef
+    train_stats = optimize(engine, ref, ro, token_adv, tokenizer.pad_token_id, cfg, entropy_coef)
+    if cfg.algo.entropy_target is not None:  # the next step's coefficient, kept in checkpoints
+        state["entropy_coef"] = controller.update(train_stats["entropy"])  # a global mean: ranks agree
     t3 = time.perf_counter()
-    metrics = rollout_metrics(ro, cfg.rollout.group_size, state)
+    metrics = rollout_metrics(ro, cfg.rollout.group_size, state, length_limited(ro, cfg))
     metrics.update(train_stats)
+    metrics["entropy_coef"] = entropy_coef
     gen_tokens = global_sum([float(sum(len(r) for r in ro.response_ids))])[0]
     metrics.update(
         {
@@ -130,7 +136,7 @@ def compute_advantages(ro: rollout.Rollouts, tokenizer, cfg: TrainConfig) -> lis
         from exprl.rewards.segments import token_segment_ids
 
         segment_ids = [token_segment_ids(ids, tokenizer, cfg.reward.delimiter) for ids in ro.response_ids]
-    extra = {"truncated": ro.truncated} if estimator.needs_segments else {}
+    extra = {"truncated": length_limited(ro, cfg)} if estimator.needs_segments else {}
     return estimator(
         ro.scores,
         cfg.rollout.group_size,
@@ -139,6 +145,11 @@ def compute_advantages(ro: rollout.Rollouts, tokenizer, cfg: TrainConfig) -> lis
         scale=cfg.algo.scale,
         **extra,
     )
+
+
+def length_limited(ro: rollout.Rollouts, cfg: TrainConfig) -> list[bool]:
+    """The rollouts the length-limit rule applies to: the truncated ones (none if reward.truncation keep)."""
+    return list(ro.truncated) if cfg.reward.truncation == "zero" else [False] * len(ro)
 
 
 @dataclass
@@ -192,10 +203,17 @@ def forward_logits(engine, mb: MicroBatch) -> Tensor:
 
 
 def optimize(
-    engine, ref, ro: rollout.Rollouts, token_adv: Sequence[Tensor], pad_id: int, cfg: TrainConfig
+    engine,
+    ref,
+    ro: rollout.Rollouts,
+    token_adv: Sequence[Tensor],
+    pad_id: int,
+    cfg: TrainConfig,
+    entropy_coef: float | None = None,
 ) -> dict[str, float]:
     """PPO epochs over the rollouts: old/ref log-probs first, then mini-batch optimizer steps with
-    gradient accumulation over micro-batches. Returns global means (loss, entropy, kl, clip_frac, ...)."""
+    gradient accumulation over micro-batches. Returns global means (loss, entropy, kl, clip_frac, ...).
+    `entropy_coef` overrides algo.entropy_coef (the adaptive coefficient of algo.entropy_target)."""
     a, world = cfg.algo, dist.get_world_size()
     mbs = micro_batches(ro, token_adv, pad_id, a.micro_batch_size, engine.device)
     on_policy = a.ppo_epochs == 1 and a.mini_batches == 1  # old == current policy: ratio is exactly 1
@@ -234,7 +252,7 @@ def optimize(
                     dual_clip=a.dual_clip,
                     kl_coef=a.kl_coef,
                     kl_estimator=a.kl_estimator,
-                    entropy_coef=a.entropy_coef,
+                    entropy_coef=a.entropy_coef if entropy_coef is None else entropy_coef,
                     loss_agg=a.loss_agg,
                     norm_tokens=max(n_tokens, 1.0) if a.loss_agg == "token-mean" else None,
                     max_len=cfg.rollout.max_new_tokens if a.loss_agg == "seq-mean-token-sum-norm" else None,
@@ -267,10 +285,14 @@ def optimize(
     }
 
 
-def rollout_metrics(ro: rollout.Rollouts, group_size: int, state: dict[str, Any]) -> dict[str, float]:
+def rollout_metrics(
+    ro: rollout.Rollouts, group_size: int, state: dict[str, Any], limited: Sequence[bool] | None = None
+) -> dict[str, float]:
     """Global rollout statistics; also updates the run's record of prompts that were unsolved at their
-    first appearance and later solved (`state`, saved in checkpoints)."""
-    kept = [(s, t) for s, t in zip(ro.scores, ro.truncated, strict=True) if s is not None]
+    first appearance and later solved (`state`, saved in checkpoints). `limited`: the rollouts whose
+    per-segment scores count as 0 (`length_limited`; default none)."""
+    limited = [False] * len(ro) if limited is None else limited
+    kept = [(s, t) for s, t in zip(ro.scores, limited, strict=True) if s is not None]
     # per-segment scores of truncated rollouts are the judge's own (the estimators apply the length rule)
     judge_sum = sum(0.0 if t else float(np.mean(s)) if isinstance(s, list) else float(s) for s, t in kept)
     solved = [max(ro.correct[i : i + group_size]) > 0 for i in range(0, len(ro), group_size)]

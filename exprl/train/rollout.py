@@ -80,7 +80,7 @@ def generate(
             samples = sample(
                 model,
                 tokenizer,
-                [prompt_text(problem, tokenizer, cfg.model.chat_template)],
+                [prompt_text(problem, tokenizer, cfg.model.chat_template, cfg.rollout.system_prompt)],
                 r.group_size,
                 max_new_tokens=r.max_new_tokens,
                 temperature=r.temperature,
@@ -96,14 +96,15 @@ def generate(
     return out
 
 
-def score(rollouts: Rollouts, judge: RewardSource, verifier: RewardSource) -> None:
+def score(rollouts: Rollouts, judge: RewardSource, verifier: RewardSource, truncation: str = "zero") -> None:
     """Fill `rollouts.scores` (judge) and `rollouts.correct` (sparse verifier) in place.
 
-    Contract (docs/design.md §1): a truncated rollout gets reward 0; its per-segment scores stay as the
-    judge gave them, and the process estimator applies the length-limit rule (exprl.train.advantages:
-    EndNorm's differs); a rollout the judge cannot grade (None) is dropped (None), as is a segment
-    list whose length disagrees with the response's segments. A judge that raises is a bug: the error
-    propagates.
+    Contract (docs/design.md §1): a truncated rollout gets reward 0 (truncation "zero"; "keep", Stage II
+    as published, leaves the reward as given, so a right answer cut short still counts); its per-segment
+    scores stay as the judge gave them, and the process estimator applies the length-limit rule
+    (exprl.train.advantages: EndNorm's differs); a rollout the judge cannot grade (None) is dropped
+    (None), as is a segment list whose length disagrees with the response's segments. A judge that raises
+    is a bug: the error propagates.
     """
     from exprl.rewards.segments import split_segments
 
@@ -125,7 +126,7 @@ def score(rollouts: Rollouts, judge: RewardSource, verifier: RewardSource) -> No
                 continue
             scores[i] = [float(v) for v in s]
         else:
-            scores[i] = 0.0 if rollout.truncated else float(s)
+            scores[i] = 0.0 if rollout.truncated and truncation == "zero" else float(s)
     rollouts.scores = scores
     correct = verifier.score(batch)
     rollouts.correct = [0.0 if c is None else float(c) for c in correct]
