@@ -104,3 +104,32 @@ def test_loss_works_inside_torch_compile():
     # fullgraph: the custom op is opaque to dynamo, no graph break around the loss
     torch.compile(step, backend="aot_eager", fullgraph=True)(x_compiled).backward()
     torch.testing.assert_close(x_compiled.grad, x_eager.grad)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("offset", [1e4, -1e4])
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_fp32_logprobs_near_1e4_are_as_exact_as_eager_fp32(backend, offset, temperature):
+    # eager fp32 rounds by ~|x| eps (~6e-4 at 1e4) in its log-sum-exp; scaling every logit to base 2
+    # before subtracting the max rounded as much again, subtracting first leaves x - max exact
+    g = torch.Generator().manual_seed(0)
+    logits = offset + 3 * torch.randn(16, 300, generator=g)
+    targets = torch.randint(0, 300, (16,), generator=g)
+    exact, _ = reference.logprobs_and_entropy(logits.double(), targets, temperature=temperature)
+    eager, _ = reference.logprobs_and_entropy(logits, targets, temperature=temperature)
+    got, _ = logprobs_and_entropy(logits, targets, temperature=temperature, backend=backend)
+    eager_error = float((eager.double() - exact).abs().max())
+    assert float((got.double() - exact).abs().max()) <= eager_error
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton", "eager"])
+def test_per_sequence_advantages_in_explicit_column_form_are_spread_over_their_tokens(backend):
+    logits = torch.randn(4, 30)
+    targets = torch.randint(0, 30, (4,))
+    cu_seqlens = torch.tensor([0, 0, 3, 4, 4])  # S == N == 4: (4,) would be ambiguous
+    per_sequence = torch.tensor([[0.5], [-1.0], [2.0], [3.0]])
+    per_token = torch.tensor([-1.0, -1.0, -1.0, 2.0])  # by hand: sequence 1 has 3 tokens, sequence 2 one
+    options = dict(cu_seqlens=cu_seqlens, loss_agg="seq-mean-token-mean", entropy_coef=0.1)
+    got = entropy_pg_loss(logits, targets, per_sequence, backend=backend, **options)
+    want = reference.entropy_pg_loss(logits.double(), targets, per_token.double(), **options)
+    torch.testing.assert_close(got.loss.double(), want.loss, rtol=1e-5, atol=1e-6)

@@ -80,3 +80,45 @@ def test_offsets_past_two_to_the_31():
     out.loss.backward()
     rows = torch.tensor([n - 2, n - 1], device="cuda")
     _rows_match_reference(logits, targets, advantages, options, x.grad, out, rows)
+
+
+def _peak_fwd_bwd_mib(logits, targets, advantages, options) -> float:
+    x = logits.requires_grad_()
+    torch.cuda.synchronize()
+    baseline = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    entropy_pg_loss(x, targets, advantages, backend="triton", **options).loss.backward()
+    torch.cuda.synchronize()
+    x.grad = None
+    return (torch.cuda.max_memory_allocated() - baseline) / 2**20
+
+
+def test_shifted_logits_cost_no_copy_and_no_more_memory_than_contiguous():
+    b, t = 4, 1024
+    g = torch.Generator(device="cuda").manual_seed(2)
+    shifted = (torch.randn(b, t + 1, VOCAB, device="cuda", generator=g) * 4).to(torch.bfloat16)
+    contiguous = shifted[:, :t].contiguous()
+    targets = torch.randint(0, VOCAB, (b, t), device="cuda", generator=g)
+    advantages = torch.randn(b, t, device="cuda", generator=g)
+    options = dict(entropy_coef=1e-3, clip_high=0.28, dual_clip=3.0)
+    peak_contiguous = _peak_fwd_bwd_mib(contiguous, targets, advantages, options)
+    peak_shifted = _peak_fwd_bwd_mib(shifted, targets, advantages, options)
+    extra_rows_mib = b * VOCAB * 2 / 2**20  # the (B, T+1, V) gradient has B rows more
+    # + 4 MiB: the caching allocator rounds large blocks to 2 MiB
+    assert peak_shifted <= peak_contiguous + extra_rows_mib + 4, (peak_shifted, peak_contiguous)
+
+    x = shifted.clone().requires_grad_()
+    out = entropy_pg_loss(x, targets, advantages, backend="triton", **options)
+    out.loss.backward()
+    assert (x.grad[:, t] == 0).all()
+    rows = torch.tensor([0, 5, t - 1], device="cuda")
+    for batch in range(b):
+        x64 = shifted[batch, rows].double().requires_grad_()
+        # token-mean over all B*T tokens: each row's gradient is w = 1/(B*T) times its own term
+        want = reference.entropy_pg_loss(
+            x64, targets[batch, rows], advantages[batch, rows], norm_tokens=b * t, **options
+        )
+        want.loss.backward()
+        torch.testing.assert_close(out.logprobs[batch, rows].double(), want.logprobs, rtol=0, atol=1e-4)
+        scale = float(x64.grad.abs().max())
+        torch.testing.assert_close(x.grad[batch, rows].double(), x64.grad, rtol=0, atol=1.6e-2 * scale)

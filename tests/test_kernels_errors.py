@@ -87,3 +87,15 @@ def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match="backend"):
         _call(backend="triton")
+
+
+def test_per_sequence_advantages_as_long_as_the_tokens_are_refused_as_ambiguous():
+    # 4 sequences over 4 tokens, two of them empty: (4,) could be per token or per sequence
+    with pytest.raises(ValueError, match=r"advantages .* ambiguous.*\(4, 1\)"):
+        _call(cu_seqlens=torch.tensor([0, 0, 2, 4, 4]), loss_agg="seq-mean-token-mean")
+
+
+def test_one_token_per_sequence_is_not_ambiguous():
+    # every sequence of length 1: per token and per sequence are the same reading
+    out = _call(cu_seqlens=torch.arange(N + 1), loss_agg="seq-mean-token-sum")
+    assert torch.isfinite(out.loss)

@@ -31,9 +31,16 @@ def problems(draw):
     targets = torch.randint(0, vocab, shape, generator=g)
     targets[torch.rand(shape, generator=g) < 0.2] = -100
     agg = draw(st.sampled_from(LOSS_AGGS))
-    per_sequence_adv = draw(st.booleans()) and (batched or cu_seqlens is not None)
     n_seq = shape[0] if batched else len(cu_seqlens) - 1
-    advantages = torch.randn(n_seq if per_sequence_adv else shape, generator=g)
+    # packed: (N,) is refused as ambiguous when S == N and not every sequence has one token
+    ambiguous = not batched and n_seq == shape[0] and any(n != 1 for n in lengths)
+    per_sequence_adv = ambiguous or draw(st.booleans())
+    if not per_sequence_adv:
+        advantages = torch.randn(shape, generator=g)
+    elif batched or not (ambiguous or draw(st.booleans())):
+        advantages = torch.randn(n_seq, generator=g)
+    else:
+        advantages = torch.randn(n_seq, 1, generator=g)  # the explicit per-sequence form
     options = dict(
         temperature=draw(st.sampled_from([1.0, 0.6, 1.7])),
         clip_low=draw(st.sampled_from([0.1, 0.2])),

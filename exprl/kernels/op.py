@@ -62,10 +62,11 @@ def _check_logits_and_targets(logits: object, target_ids: object) -> tuple[torch
         raise TypeError(f"target_ids must be a torch.Tensor, got {type(target_ids).__name__}")
     if target_ids.dtype.is_floating_point or target_ids.dtype.is_complex or target_ids.dtype == torch.bool:
         raise TypeError(f"target_ids must be an integer (int64) tensor, got {target_ids.dtype}")
-    if target_ids.shape != logits.shape[:-1]:
+    if target_ids.shape != logits.shape[:-1] and not _is_shifted(logits, target_ids):
+        also = f" or {(logits.shape[0], logits.shape[1] - 1)}" if logits.dim() == 3 else ""
         raise ValueError(
-            f"target_ids must have shape {tuple(logits.shape[:-1])} (logits without V), "
-            f"got {tuple(target_ids.shape)}"
+            f"target_ids must have shape {tuple(logits.shape[:-1])}{also} (logits without V, or without "
+            f"their last position), got {tuple(target_ids.shape)}"
         )
     if target_ids.device != logits.device:
         raise ValueError(f"target_ids is on {target_ids.device} but logits are on {logits.device}")
@@ -80,6 +81,24 @@ def _check_logits_and_targets(logits: object, target_ids: object) -> tuple[torch
             f"got {int(target_ids[bad].reshape(-1)[0])}"
         )
     return logits, target_ids.long()
+
+
+def _is_shifted(logits: torch.Tensor, target_ids: torch.Tensor) -> bool:
+    """(B, T+1, V) logits with (B, T) targets, as causal LMs return them: the last position is ignored."""
+    return (
+        logits.dim() == 3
+        and target_ids.dim() == 2
+        and target_ids.shape[0] == logits.shape[0]
+        and target_ids.shape[1] == logits.shape[1] - 1
+    )
+
+
+def _target_rows(logits: torch.Tensor, rows: int) -> torch.Tensor:
+    """The logits of the `rows` positions that have a target: all of them, or, of checked (B, T+1, V)
+    logits with B * T targets, the first T positions of each sequence (a view, no copy)."""
+    if logits.dim() == 3 and logits.shape[0] * logits.shape[1] != rows:
+        return logits[:, : rows // logits.shape[0]]
+    return logits
 
 
 def _unit_vocab_stride(logits: torch.Tensor) -> torch.Tensor:
@@ -129,14 +148,25 @@ def _check_advantages(
     if advantages.device != target_ids.device:
         raise ValueError(f"advantages is on {advantages.device} but logits are on {target_ids.device}")
     shape = target_ids.shape
-    per_sequence = None
     if len(shape) == 2:
-        per_sequence = (shape[0],)
+        allowed = [shape, (shape[0],)]
     elif cu_seqlens is not None:
-        per_sequence = (len(cu_seqlens) - 1,)
-    if advantages.shape != shape and advantages.shape != per_sequence:
-        allowed = f"{tuple(shape)}" + (f" or one per sequence {per_sequence}" if per_sequence else "")
-        raise ValueError(f"advantages must have shape {allowed}, got {tuple(advantages.shape)}")
+        sequences = len(cu_seqlens) - 1
+        allowed = [shape, (sequences,), (sequences, 1)]
+        lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+        # (S,) with S == N reads both ways; the two agree only when every sequence has one token
+        if sequences == shape[0] and advantages.shape == shape and bool((lengths != 1).any()):
+            raise ValueError(
+                f"advantages of shape {tuple(shape)} is ambiguous: cu_seqlens has as many sequences as "
+                f"tokens ({sequences}); pass one advantage per sequence as shape ({sequences}, 1), or "
+                f"drop the empty sequences (they add nothing to the loss) from cu_seqlens"
+            )
+    else:
+        allowed = [shape]
+    if advantages.shape not in allowed:
+        names = ["one per token", "one per sequence", "one per sequence, explicit"]
+        forms = ", ".join(f"{tuple(a)} ({name})" for a, name in zip(allowed, names, strict=False))
+        raise ValueError(f"advantages must have shape {forms}, got {tuple(advantages.shape)}")
     return advantages
 
 
@@ -167,8 +197,7 @@ def _check_call_options(
         raise ValueError(f"cu_seqlens is required for loss_agg={agg!r} with packed (N, V) logits")
 
 
-@torch.library.custom_op("exprl::entropy_pg_loss", mutates_args=())
-def _loss_op(
+def _loss_forward(
     logits: torch.Tensor,
     targets: torch.Tensor,
     weights: torch.Tensor,
@@ -179,21 +208,33 @@ def _loss_op(
     backend: str,
     compute_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """logits (N, V) or (B, T, V); targets, weights, advantages, old/ref (rows,) (fp32 but targets);
-    options: `LossOptions.encode()`. compute_grad: fill dlogits for backward (else it is empty).
+    """logits (N, V), (B, T, V) or (B, T+1, V), any strides but unit over V; targets, weights,
+    advantages, old/ref (rows,): int64 targets, the rest fp32; options: `LossOptions.encode()`.
+    compute_grad: fill dlogits for backward (else it is empty).
 
     Returns (loss 0-dim fp32, differentiable w.r.t. logits; then per row, (rows,) fp32: logprobs,
     entropy, ratio, clipped (0/1), kl; then dlogits, the logits' shape and dtype, for backward only).
     """
     opts = LossOptions.decode(options)
+    rows = _target_rows(logits, len(targets))
     tokens = TokenInputs(targets, weights, advantages, old_logprobs, ref_logprobs)
-    dlogits = torch.empty_like(logits, memory_format=torch.contiguous_format) if compute_grad else None
-    logp, entropy = load_backend(backend).sweep(logits, tokens, opts, dlogits)
+    dlogits = grad_rows = None
+    if compute_grad:
+        # the one N x V buffer of the op; a shifted-off last position gets gradient 0
+        dlogits = torch.empty_like(logits, memory_format=torch.contiguous_format)
+        grad_rows = _target_rows(dlogits, len(targets))
+        if grad_rows.shape != dlogits.shape:
+            dlogits[:, grad_rows.shape[1] :].zero_()
+    logp, entropy = load_backend(backend).sweep(rows, tokens, opts, grad_rows)
     parts = reference.token_objective(logp, entropy, advantages, old_logprobs, ref_logprobs, opts)
     loss = reference.weighted_sum(weights, parts["l"])
     if dlogits is None:
         dlogits = logits.new_empty(0)
     return loss, logp, entropy, parts["ratio"], parts["clipped"].float(), parts["kl"], dlogits
+
+
+# the plain function stays reachable (tests measure what it allocates), the op wraps it
+_loss_op = torch.library.custom_op("exprl::entropy_pg_loss", mutates_args=())(_loss_forward)
 
 
 @_loss_op.register_fake
@@ -248,10 +289,11 @@ def logprobs_and_entropy(
     logits, target_ids = _check_logits_and_targets(logits, target_ids)
     temperature = check_number("temperature", temperature, low=0.0, strict=True)
     backend = _resolve_backend(backend, logits)
+    rows = _target_rows(logits, target_ids.numel())
     if backend == "eager":
-        return reference.logprobs_and_entropy(logits, target_ids, temperature=temperature)
+        return reference.logprobs_and_entropy(rows, target_ids, temperature=temperature)
     logp, entropy = _logprobs_op(
-        _unit_vocab_stride(logits.detach()), target_ids.reshape(-1), temperature, backend
+        _unit_vocab_stride(rows.detach()), target_ids.reshape(-1), temperature, backend
     )
     return logp.reshape(target_ids.shape), entropy.reshape(target_ids.shape)
 
@@ -279,12 +321,23 @@ def entropy_pg_loss(
 ) -> PGLossOutput:
     """Clipped policy-gradient loss with KL penalty and entropy bonus, fused over the vocabulary.
 
-    logits: (N, V) or (B, T, V), float32/bfloat16/float16, CPU or CUDA.
+    logits: (N, V), (B, T, V), or (B, T+1, V) as causal LMs return them (the last position is ignored
+        and gets gradient 0); float32/bfloat16/float16, CPU or CUDA. Any strides on the leading dims
+        are read in place (pass the (B, T+1, V) tensor itself, not `logits[:, :-1]`: autograd turns a
+        view's gradient into a second N x V buffer).
     target_ids: (N,) or (B, T) int64, ignore_index -100 marks masked tokens.
-    advantages: shape of target_ids, or (B,) broadcast over T, or (S,) per packed sequence.
+    advantages: shape of target_ids, or (B,) broadcast over T, or with packed input one per sequence,
+        (S,) or (S, 1); (S,) is refused where it is ambiguous (S == N, some sequence not of length 1).
     mask, old_logprobs, ref_logprobs: shape of target_ids (mask bool or float).
     The scalar options are the fields of `LossOptions`; see docs/design.md §3 for the math.
     Returns `PGLossOutput` (loss differentiable w.r.t. logits only).
+
+    Where this differs from other trainers with the same option names:
+    - seq-mean-token-sum-norm divides the sum of token losses by S * max_len (S sequences);
+      verl divides by max_len only, so its loss is S times ours.
+    - S, the number of sequences in the seq-mean modes, counts only sequences with at least one
+      unmasked token; TRL and Liger-Kernel average over all sequences, fully masked ones included.
+    - Neither the log-ratio of the PPO ratio nor the k3 estimate is clamped; verl clamps both.
     """
     logits, target_ids = _check_logits_and_targets(logits, target_ids)
     device, shape = logits.device, target_ids.shape
@@ -313,7 +366,7 @@ def entropy_pg_loss(
     backend = _resolve_backend(backend, logits)
     if backend == "eager":
         return reference.entropy_pg_loss(
-            logits,
+            _target_rows(logits, target_ids.numel()),
             target_ids,
             advantages,
             mask=mask,

@@ -141,13 +141,14 @@ def sequence_lengths(target_shape: torch.Size, cu_seqlens: torch.Tensor | None) 
 def expand_advantages(
     advantages: torch.Tensor, target_shape: torch.Size, cu_seqlens: torch.Tensor | None
 ) -> torch.Tensor:
-    """Per-token advantages of shape `target_shape`: (B,) is broadcast over T, (S,) over packed spans."""
+    """Per-token advantages of shape `target_shape`: (B,) is broadcast over T, (S,) or (S, 1) over
+    packed spans (shape (N,) is per token)."""
     if advantages.shape == target_shape:
         return advantages
     if len(target_shape) == 2:
         return advantages[:, None].expand(target_shape)
     lengths = sequence_lengths(target_shape, cu_seqlens).to(advantages.device)
-    return advantages.repeat_interleave(lengths)
+    return advantages.reshape(-1).repeat_interleave(lengths)
 
 
 def token_weights(

@@ -112,18 +112,22 @@ def sweep(
             valid = chunk_targets != IGNORE_INDEX
             rows = torch.arange(stop - start, device=logits.device)
             # read the target logit before anything is written: grad may alias the logits
-            z_target = chunk[rows, chunk_targets.clamp(min=0)].float() * inv_temperature
+            x_target = chunk[rows, chunk_targets.clamp(min=0)].float()
             buf.copy_(chunk)
+            # the max is subtracted before scaling: x - max is exact for the logits near the max, so
+            # log-probs of fp32 logits near +-1e4 keep eager's precision (scaling first rounds each z)
+            xmax = buf.amax(dim=-1, keepdim=True)
+            buf.sub_(xmax)
             if inv_temperature != 1.0:
                 buf.mul_(inv_temperature)
-            zmax = buf.amax(dim=-1, keepdim=True)
-            buf.sub_(zmax).clamp_(min=_NEG_FINITE)
+            buf.clamp_(min=_NEG_FINITE)
             torch.exp(buf, out=expz)
             sumexp = expz.sum(dim=-1)
             shifted_mu = torch.linalg.vecdot(expz, buf) / sumexp
             log_sumexp = torch.log(sumexp)
             entropy[start:stop] = log_sumexp - shifted_mu
-            chunk_logp = torch.where(valid, z_target - zmax.squeeze(-1) - log_sumexp, 0.0)
+            z_target = (x_target - xmax.squeeze(-1)) * inv_temperature
+            chunk_logp = torch.where(valid, z_target - log_sumexp, 0.0)
             logp[start:stop] = chunk_logp
             if grad_chunk is None:
                 continue

@@ -5,12 +5,13 @@ and the O(N*V) part of `exprl.kernels.reference.entropy_pg_loss`; the kernel's g
 `reference.dobjective_dlogp`, written out in Triton.
 
 Per row, sweep 1 reads the logits once with an online log-sum-exp and a running sum of
-p_j (z_j - max), both in fp32 and in base 2 (one exp2 per element); then the row's log-prob,
-entropy and g = dl/dlogp are scalars. When the logits need a gradient, sweep 2 reads the row again
-and writes dlogits = w (g (onehot - p) - h p (z - mu)) / temperature, so a forward+backward costs
-two reads and one write of N x V and no N x V fp32 temporary exists. Temperature, clip bounds,
-coefficients and sizes are runtime arguments (no recompilation); row offsets are 64-bit and follow
-the (batch, time) strides of the logits and of the gradient, so strided views are read in place.
+p_j (z_j - max), both in fp32 and in base 2 (one exp2 per element), the max subtracted before
+scaling; then the row's log-prob, entropy and g = dl/dlogp are scalars. When the logits need a
+gradient, sweep 2 reads the row again and writes dlogits = w (g (onehot - p) - h p (z - mu)) / T,
+so a forward+backward costs two reads and one write of N x V and no N x V fp32 temporary exists.
+Temperature, clip bounds, coefficients and sizes are runtime arguments (no recompilation); row
+offsets are 64-bit and follow the (batch, time) strides of the logits and of the gradient, so
+strided views are read in place.
 """
 
 from __future__ import annotations
@@ -64,21 +65,27 @@ def _entropy_pg_kernel(
     time = row - batch * rows_per_batch
     row_ptr = logits_ptr + batch * stride_logits_b + time * stride_logits_t
     cols = tl.arange(0, BLOCK_V)
-    # y = z * log2(e): base-2 units, so each element costs one exp2
+    # base-2 units: d = (x - m) * scale with scale = log2(e) / temperature, one exp2 per element; the
+    # max m is taken over the raw logits and subtracted before scaling, so x - m is exact near the max
+    # (scaling first rounds every logit by ~|x| eps: twice eager's log-prob error at |x| ~ 1e4)
     scale = inv_temperature * LOG2E
 
     # sweep 1: running max m (finite start so an all -inf block gives alpha = 1, not nan),
-    # per-lane sums s = sum 2^(y - m) and t = sum 2^(y - m) (y - m), rescaled when m grows
+    # per-lane sums s = sum 2^d and t = sum 2^d d, rescaled when m grows
     m = tl.max(tl.full([BLOCK_V], -3.0e38, tl.float32), axis=0)
     s = tl.zeros([BLOCK_V], dtype=tl.float32)
     t = tl.zeros([BLOCK_V], dtype=tl.float32)
     for start in range(0, vocab, BLOCK_V):
         idx = start + cols
-        y = tl.load(row_ptr + idx, mask=idx < vocab, other=float("-inf")).to(tl.float32) * scale
-        m_new = tl.maximum(m, tl.max(y, axis=0))
-        alpha = tl.exp2(m - m_new)
-        e = tl.exp2(y - m_new)
-        t = alpha * (t + (m - m_new) * s) + tl.where(e > 0.0, e * (y - m_new), 0.0)
+        x = tl.load(row_ptr + idx, mask=idx < vocab, other=float("-inf")).to(tl.float32)
+        m_new = tl.maximum(m, tl.max(x, axis=0))
+        # clamped before scaling: from the -3e38 start, (m - m_new) * scale would overflow to -inf, and
+        # -inf * s (= 0) is nan; any shift below -150 already gives alpha = 0
+        shift = tl.maximum(m - m_new, -1.0e20) * scale
+        alpha = tl.exp2(shift)
+        d = (x - m_new) * scale
+        e = tl.exp2(d)
+        t = alpha * (t + shift * s) + tl.where(e > 0.0, e * d, 0.0)
         s = alpha * s + e
         m = m_new
     sum_exp = tl.sum(s, axis=0)
@@ -88,8 +95,8 @@ def _entropy_pg_kernel(
 
     target = tl.load(targets_ptr + row)
     valid = target != IGNORE_INDEX
-    y_target = tl.load(row_ptr + tl.where(valid, target, 0)).to(tl.float32) * scale
-    logp = tl.where(valid, LN2 * (y_target - m - log2_sum), 0.0)
+    x_target = tl.load(row_ptr + tl.where(valid, target, 0)).to(tl.float32)
+    logp = tl.where(valid, LN2 * ((x_target - m) * scale - log2_sum), 0.0)
     tl.store(logp_ptr + row, logp)
     tl.store(entropy_ptr + row, entropy)
 
@@ -104,26 +111,25 @@ def _entropy_pg_kernel(
             active = active & ((adv >= 0.0) | (-adv * dual_clip >= pg_unclipped))
         g = tl.where(active, pg_unclipped, 0.0)
         if HAS_REF:
-            d = tl.load(ref_ptr + row) - logp
+            ref_gap = tl.load(ref_ptr + row) - logp
             if KL_ESTIMATOR == "k1":
                 g += kl_coef
             elif KL_ESTIMATOR == "k2":
-                g += -kl_coef * d
+                g += -kl_coef * ref_gap
             else:
-                g += kl_coef * (1.0 - tl.exp(d))
+                g += kl_coef * (1.0 - tl.exp(ref_gap))
         row_scale = tl.load(weights_ptr + row) * inv_temperature
-        # dl/dz_j = -p_j (g + h ln2 (y_j - y_mu)) + g onehot_j, with h = -entropy_coef
-        lse2 = m + log2_sum
-        mu2 = m + shifted_mu
+        # dl/dz_j = -p_j (g + h ln2 (d_j - d_mu)) + g onehot_j, with h = -entropy_coef
         h_ln2 = -entropy_coef * LN2
         grad_row_ptr = dlogits_ptr + batch * stride_dlogits_b + time * stride_dlogits_t
         for start in range(0, vocab, BLOCK_V):
             idx = start + cols
             in_row = idx < vocab
-            y = tl.load(row_ptr + idx, mask=in_row, other=float("-inf")).to(tl.float32) * scale
-            p = tl.exp2(y - lse2)
-            # p = 0 where y = -inf: its term is 0, not 0 * inf (nan rows keep their nan)
-            dz = tl.where(p == 0.0, 0.0, -p * (g + h_ln2 * (y - mu2)))
+            x = tl.load(row_ptr + idx, mask=in_row, other=float("-inf")).to(tl.float32)
+            d = (x - m) * scale
+            p = tl.exp2(d - log2_sum)
+            # p = 0 where x = -inf: its term is 0, not 0 * inf (nan rows keep their nan)
+            dz = tl.where(p == 0.0, 0.0, -p * (g + h_ln2 * (d - shifted_mu)))
             dz += tl.where(idx == target, g, 0.0)
             # masked rows get an exact 0 even where their logits are inf or nan
             dz = tl.where(row_scale == 0.0, 0.0, dz * row_scale)
