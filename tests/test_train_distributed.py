@@ -156,3 +156,63 @@ def test_two_ranks_match_one_rank(toy, tmp_path):
     for a, b in zip(single, double, strict=True):
         for key in ("loss", "grad_norm", "kl", "entropy", "reward/judge", "response_length", "clip_frac"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), (a["step"], key)
+
+
+@pytest.mark.slow
+def test_judge_on_the_reference_engine_under_two_rank_zero3(tmp_path):
+    """reward.judge_model: reference grades with the trainer's frozen ZeRO-3 reference, its parameters
+    gathered while scoring: on 2 ranks the judge's grades equal those of a 1-rank run whose hf judge
+    loads its own copy of the same model. The model (policy, reference and judge) answers every prompt
+    with "Score: 4", so each graded response earns (4 - 1) / 4 only if the judge's weights were whole."""
+    from rewards_tiny_model import save_tiny_llama
+
+    grader = save_tiny_llama(tmp_path / "grader", says="Score: 4")
+    common = [
+        f"model.path={grader}",
+        f"output_dir={tmp_path}",
+        "progress=false",
+        "data.train=builtin:chain:1:train:16",
+        "eval.enabled=false",
+        "export=false",
+        "steps=2",
+        "checkpoint_every=0",
+        "reward.name=hf",
+        "reward.truncation=keep",
+        "rollout.prompts_per_step=2",
+        "rollout.group_size=2",
+        "rollout.max_new_tokens=12",
+        "algo.micro_batch_size=2",
+        "algo.kl_coef=0",
+        "optim.lr=1e-6",
+    ]
+    options = "max_new_tokens: 16, batch_size: 8"
+    own = load_config(None, [*common, "name=own", f"reward.options={{path: '{grader}', {options}}}"])
+    single = read_records(run(own))
+    cfg = load_config(
+        None, [*common, "name=shared", "reward.judge_model=reference", "algo.micro_batch_size=1"]
+    )
+    path = tmp_path / "shared.yaml"
+    save_config(cfg, path)
+    result = subprocess.run(
+        [
+            *launcher(),
+            "--num_gpus",
+            "2",
+            "--master_port",
+            "29563",
+            "--module",
+            "exprl.train",
+            "--config",
+            str(path),
+        ],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    shared = read_records(tmp_path / "shared")
+    assert len(shared) == len(single) == 2
+    for a, b in zip(single, shared, strict=True):
+        assert b["dropped_rollouts"] == a["dropped_rollouts"] == 0
+        assert b["reward/judge"] == pytest.approx(a["reward/judge"]) == pytest.approx(0.75)

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from exprl.models.prompts import PAPER_SYSTEM_PROMPT, prompt_text
+from exprl.models.prompts import PAPER_SYSTEM_PROMPT, prompt_text, teacher_problem
 
 __all__ = [
     "TINY",
@@ -15,6 +15,7 @@ __all__ = [
     "PAPER_SYSTEM_PROMPT",
     "prompt_text",
     "resolve_model_path",
+    "teacher_problem",
     "tiny_base_path",
 ]
 

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from exprl.data import Problem
 
 # The published runs' instruction to the policy (our wording): reason step by step, box the answer
 PAPER_SYSTEM_PROMPT = "Reason through the problem step by step, then give the final answer in \\boxed{}."
+
+
+def teacher_problem(problem: Problem) -> Problem:
+    """The problem as the self-distillation teacher sees it: the reference solution shown before the
+    question (the policy never sees it); the question's own format, e.g. a trailing "A: ", stays last."""
+    if not problem.reference:
+        raise ValueError(f"problem {problem.id!r} has no reference solution to show a teacher")
+    return replace(problem, prompt=f"A worked reference solution:\n{problem.reference}\n\n{problem.prompt}")
 
 
 def prompt_text(problem: Problem, tokenizer, chat_template: str, system_prompt: str | None = None) -> str:

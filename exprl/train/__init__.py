@@ -10,8 +10,8 @@ __all__ = ["TrainConfig", "load_config", "run"]
 
 
 def run(config: TrainConfig) -> pathlib.Path:
-    """Train by `config` (RL, or SFT when `config.method == "sft"`) and return the run directory
-    (runs/<name>/)."""
+    """Train by `config` (RL or on-policy self-distillation, or SFT when `config.method == "sft"`) and
+    return the run directory (runs/<name>/)."""
     if config.method == "sft":
         from exprl.train.sft import run_sft
 

@@ -48,6 +48,9 @@ class RewardConfig:
     # process judges: grade each segment alone (as published) or with the segments before it
     process_context: Literal["segment", "prefix"] = "segment"
     options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for build_reward
+    # "reference": the hf judge grades with the trainer's own frozen reference engine (the base model, already
+    # loaded and ZeRO-3 sharded, gathered while scoring) instead of loading another copy from options.path
+    judge_model: Literal["own", "reference"] = "own"
     # a truncated rollout's reward: "zero" (Stage I as published) or "keep" what the reward gives (Stage II:
     # a correct answer whose response hit the length limit is still rewarded)
     truncation: Literal["zero", "keep"] = "zero"
@@ -126,7 +129,9 @@ class TrainConfig:
     ExpRL-Outcome with the rubric judge on the hard level (3) from the shipped tiny model, on CPU."""
 
     name: str = "exprl-outcome-tiny"
-    method: Literal["rl", "sft"] = "rl"
+    # rl; sft on the references; distill: on-policy self-distillation (the frozen base model, shown the
+    # reference solution, is the teacher; per-token advantage logp_teacher - logp_student)
+    method: Literal["rl", "sft", "distill"] = "rl"
     seed: int = 0
     steps: int = 40  # optimizer steps (rl: one rollout batch each; sft: one sft.batch_size batch each)
     output_dir: str = "runs"
@@ -241,6 +246,17 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
         if name not in names:
             fail(key, f"unknown reward {name!r}; choose one of {', '.join(names)}")
     _check_reward_options(cfg, fail)
+    if cfg.reward.judge_model == "reference":
+        if cfg.reward.name != "hf":
+            fail(
+                "reward.judge_model",
+                f"'reference' needs the hf judge (reward.name: hf), not {cfg.reward.name!r}",
+            )
+        if "path" in cfg.reward.options or "model" in cfg.reward.options:
+            fail(
+                "reward.options",
+                "reward.judge_model: reference grades with the reference engine: no path/model",
+            )
     if cfg.reward.mode == "process" and not rewards.is_judge(cfg.reward.name):
         judges = ", ".join(n for n in names if rewards.is_judge(n))
         fail("reward.mode", f"process rewards need a judge ({judges}), not {cfg.reward.name!r}")

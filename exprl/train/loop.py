@@ -13,9 +13,10 @@ ranks), so the gradient, and the logged loss, do not depend on the rank count or
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,10 +55,10 @@ def run_rl(cfg: TrainConfig) -> pathlib.Path:
     model, tokenizer = load_policy(cfg)
     engine = build_engine(model, deepspeed_config(cfg, cfg.algo.micro_batch_size, grad_accum, world))
     ref = None
-    if cfg.algo.kl_coef > 0:
+    if cfg.algo.kl_coef > 0 or cfg.reward.judge_model == "reference" or cfg.method == "distill":
         ref_ds = deepspeed_config(cfg, cfg.algo.micro_batch_size, grad_accum, world, with_optimizer=False)
         ref = build_engine(load_policy(cfg)[0], ref_ds, trainable=False)
-    judge, verifier = rollout.build_rewards(cfg)
+    judge, verifier = rollout.build_rewards(cfg, ref, tokenizer)
 
     state: dict[str, Any] = {
         "step": 0,
@@ -100,17 +101,26 @@ def train_step(
         step,
     )
     t1 = time.perf_counter()
-    rollout.score(ro, judge, verifier, cfg.reward.truncation)
+    with judge_weights(ref, cfg):
+        rollout.score(ro, judge, verifier, cfg.reward.truncation)
     t2 = time.perf_counter()
-    token_adv = compute_advantages(ro, tokenizer, cfg)
+    distill: dict[str, float] = {}
+    if cfg.method == "distill":
+        token_adv = distill_advantages(engine, ref, ro, tokenizer, cfg)
+        gaps = global_sum([-float(sum(a.sum() for a in token_adv)), float(sum(a.numel() for a in token_adv))])
+        distill["distill/reverse_kl"] = gaps[0] / max(gaps[1], 1.0)
+    else:
+        token_adv = compute_advantages(ro, tokenizer, cfg)
     controller = EntropyController.from_config(cfg.algo, state.get("entropy_coef"))
     entropy_coef = controller.coef
-    train_stats = optimize(engine, ref, ro, token_adv, tokenizer.pad_token_id, cfg, entropy_coef)
+    kl_ref = ref if cfg.algo.kl_coef > 0 else None
+    train_stats = optimize(engine, kl_ref, ro, token_adv, tokenizer.pad_token_id, cfg, entropy_coef)
     if cfg.algo.entropy_target is not None:  # the next step's coefficient, kept in checkpoints
         state["entropy_coef"] = controller.update(train_stats["entropy"])  # a global mean: ranks agree
     t3 = time.perf_counter()
     metrics = rollout_metrics(ro, cfg.rollout.group_size, state, length_limited(ro, cfg))
     metrics.update(train_stats)
+    metrics.update(distill)
     metrics["entropy_coef"] = entropy_coef
     gen_tokens = global_sum([float(sum(len(r) for r in ro.response_ids))])[0]
     metrics.update(
@@ -126,6 +136,17 @@ def train_step(
         }
     )
     return metrics
+
+
+@contextlib.contextmanager
+def judge_weights(ref, cfg: TrainConfig) -> Iterator[None]:
+    """While scoring: the reference engine's parameters gathered on every rank when it is the judge
+    (reward.judge_model: reference; every rank scores every step, so all enter together)."""
+    if cfg.reward.judge_model != "reference":
+        yield
+        return
+    with rollout.generation_mode(ref, gather_parameters=True):
+        yield
 
 
 def compute_advantages(ro: rollout.Rollouts, tokenizer, cfg: TrainConfig) -> list[Tensor]:
@@ -145,6 +166,49 @@ def compute_advantages(ro: rollout.Rollouts, tokenizer, cfg: TrainConfig) -> lis
         scale=cfg.algo.scale,
         **extra,
     )
+
+
+def distill_advantages(engine, teacher, ro: rollout.Rollouts, tokenizer, cfg: TrainConfig) -> list[Tensor]:
+    """On-policy self-distillation: per response token, logp_teacher - logp_student (the negated per-token
+    reverse KL), with the student the policy that sampled the rollouts and the teacher the frozen base
+    model whose prompt shows the reference solution (`exprl.models.teacher_problem`)."""
+    from exprl.models import prompt_text, teacher_problem
+
+    c = cfg.model.chat_template, cfg.rollout.system_prompt
+    teacher_prompts = [
+        torch.tensor(tokenizer(prompt_text(teacher_problem(p), tokenizer, *c))["input_ids"], dtype=torch.long)
+        for p in ro.problems
+    ]
+    student = response_logprobs(engine, ro.prompt_ids, ro, tokenizer.pad_token_id, cfg)
+    taught = response_logprobs(teacher, teacher_prompts, ro, tokenizer.pad_token_id, cfg)
+    return [t - s for t, s in zip(taught, student, strict=True)]
+
+
+def response_logprobs(
+    model, prompt_ids: Sequence[Tensor], ro: rollout.Rollouts, pad_id: int, cfg: TrainConfig
+) -> list[Tensor]:
+    """Per rollout, float32 (R_i,) log-probs `model` gives its response tokens after `prompt_ids[i]`, at
+    the rollout temperature, in micro-batches of algo.micro_batch_size (every rank runs as many)."""
+    out = []
+    size = cfg.algo.micro_batch_size
+    with torch.no_grad():
+        for start in range(0, len(ro), size):
+            rows = range(start, min(start + size, len(ro)))
+            batch = batching.build_rollout_batch(
+                [prompt_ids[i] for i in rows],
+                [ro.response_ids[i] for i in rows],
+                pad_id,
+                layout="padded",
+                truncated=[ro.truncated[i] for i in rows],
+            ).to(model.device)
+            logits = model(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids,
+            ).logits
+            logprobs = logprobs_and_entropy(logits, batch.target_ids, temperature=cfg.rollout.temperature)[0]
+            out += [logprobs[b, batch.response_mask[b]].float().cpu() for b in range(len(rows))]
+    return out
 
 
 def length_limited(ro: rollout.Rollouts, cfg: TrainConfig) -> list[bool]:

@@ -132,12 +132,17 @@ def score(rollouts: Rollouts, judge: RewardSource, verifier: RewardSource, trunc
     rollouts.correct = [0.0 if c is None else float(c) for c in correct]
 
 
-def build_rewards(cfg: TrainConfig) -> tuple[RewardSource, RewardSource]:
+def build_rewards(cfg: TrainConfig, reference=None, tokenizer=None) -> tuple[RewardSource, RewardSource]:
     """(judge, sparse verifier) from `cfg.reward`. Judges get the mode and delimiter; verifiers grade the
-    final answer only."""
+    final answer only. With reward.judge_model "reference" the hf judge gets the frozen `reference`
+    engine's module and the policy's `tokenizer` (score under `generation_mode(reference)`: whole weights)."""
     from exprl.rewards import build_reward, is_judge
 
     options = dict(cfg.reward.options)
+    if cfg.reward.judge_model == "reference":
+        if reference is None:
+            raise ValueError("reward.judge_model: reference needs the trainer's reference engine")
+        options.update(model=reference.module, tokenizer=tokenizer)
     if is_judge(cfg.reward.name):  # judges grade against the reference, per response or per segment
         r = cfg.reward
         options.update(mode=r.mode, delimiter=r.delimiter, process_context=r.process_context)
