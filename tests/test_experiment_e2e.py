@@ -90,6 +90,8 @@ def test_miniature_experiment_end_to_end(tmp_path):
     # base model, and the report says so. Every other run logged its 3 optimizer steps.
     assert "Budget mismatch**: these runs logged a number of steps other than 3: rft stage 1: 0." in md
     assert "rft stage 1, outside the trainer's metrics: samples 24" in md
+    across = md.split("## Across seeds: mean [95% interval]\n", 1)[1].split("\n## ", 1)[0]
+    assert across.count("| self-distill |") == 2 and "Training seeds 0;" in across
     for name in ("passk", "reward", "entropy"):
         assert (out / "plots" / f"{name}.png").stat().st_size > 0
     # Every trained run, SFT included, logs its loss tokens as `tokens`: no fallback, nothing missing.
