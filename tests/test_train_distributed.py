@@ -121,6 +121,20 @@ def launcher() -> list[str]:
     return [exe]
 
 
+def launch_two_ranks(config: pathlib.Path, port: int, run_dir: pathlib.Path) -> list[dict]:
+    """`deepspeed --num_gpus 2 --module exprl.train --config config` on CPU; the run's metric records."""
+    result = subprocess.run(
+        [*launcher(), "--num_gpus", "2", "--master_port", str(port), "--module", "exprl.train"]
+        + ["--config", str(config)],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return read_records(run_dir)
+
+
 @pytest.mark.slow
 def test_two_ranks_match_one_rank(toy, tmp_path):
     """The global batch (4 prompts x 8 samples) split over 2 ranks in micro-batches of 4 gives the same
@@ -132,25 +146,7 @@ def test_two_ranks_match_one_rank(toy, tmp_path):
     path = toy_config_file(
         toy, tmp_path, "two", *common, "algo.micro_batch_size=4", "rollout.gather_parameters=false"
     )
-    result = subprocess.run(
-        [
-            *launcher(),
-            "--num_gpus",
-            "2",
-            "--master_port",
-            "29561",
-            "--module",
-            "exprl.train",
-            "--config",
-            str(path),
-        ],
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    double = read_records(tmp_path / "two")
+    double = launch_two_ranks(path, 29561, tmp_path / "two")
     assert yaml.safe_load((tmp_path / "two" / "config.yaml").read_text())["algo"]["micro_batch_size"] == 4
     assert len(double) == len(single) == 3
     for a, b in zip(single, double, strict=True):
@@ -193,25 +189,7 @@ def test_judge_on_the_reference_engine_under_two_rank_zero3(tmp_path):
     )
     path = tmp_path / "shared.yaml"
     save_config(cfg, path)
-    result = subprocess.run(
-        [
-            *launcher(),
-            "--num_gpus",
-            "2",
-            "--master_port",
-            "29563",
-            "--module",
-            "exprl.train",
-            "--config",
-            str(path),
-        ],
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    shared = read_records(tmp_path / "shared")
+    shared = launch_two_ranks(path, 29563, tmp_path / "shared")
     assert len(shared) == len(single) == 2
     for a, b in zip(single, shared, strict=True):
         assert b["dropped_rollouts"] == a["dropped_rollouts"] == 0
