@@ -10,7 +10,7 @@ from exprl.train.config import batch_layout, load_config, to_dict
 
 PAPER = pathlib.Path(__file__).resolve().parent.parent / "configs" / "paper"
 STAGE1 = ("stage1_outcome", "stage1_process", "stage1_grpo")
-PRESETS = (*STAGE1, "stage2")
+PRESETS = (*STAGE1, "self_distill", "stage2")
 
 # what each 4B preset must say, flattened "section.key": value, written from the official scripts
 PUBLISHED = {
@@ -36,6 +36,17 @@ PUBLISHED = {
         "algo.clip_high": 0.26,
         "algo.advantage": "grpo",
         "reward.name": "math",
+    },
+    "self_distill": {
+        "method": "distill",
+        "rollout.group_size": 16,
+        "rollout.temperature": 0.8,
+        "algo.clip_low": 0.2,
+        "algo.clip_high": 0.26,
+        "algo.kl_coef": 0.0,
+        "algo.entropy_coef": 0.0,
+        "optim.lr": 1e-7,
+        "optim.weight_decay": 0.01,
     },
     "stage2": {
         "rollout.group_size": 32,
@@ -85,7 +96,13 @@ SCALE = {
     "optim.lr",
     "eval",
 }
-WORLD = {"stage1_outcome": 4, "stage1_process": 4, "stage1_grpo": 8, "stage2": 8}  # the launch lines'
+WORLD = {
+    "stage1_outcome": 4,
+    "stage1_process": 4,
+    "stage1_grpo": 8,
+    "self_distill": 8,
+    "stage2": 8,
+}  # the launch lines'
 
 
 def flat(cfg) -> dict:
