@@ -82,3 +82,20 @@ def test_controller_and_config_reject_bad_settings(tmp_path):
     controller = EntropyController.from_config(cfg.algo)
     assert (controller.coef, controller.target) == (0.002, 0.5)
     assert EntropyController.from_config(cfg.algo, 0.004).coef == 0.004  # a resumed run's coefficient
+
+
+def test_the_trainer_adapts_logs_and_resumes_the_coefficient(tiny_models, tmp_path):
+    from train_helpers import read_records, tiny_config
+
+    from exprl.train import run
+
+    options = ["algo.entropy_target=10.0", "algo.entropy_rate=0.002", "algo.entropy_coef=0.001"]
+    options += ["algo.entropy_coef_bounds=[0.0, 0.1]", "checkpoint_every=0"]
+    run(tiny_config(tiny_models["plain"], tmp_path, "steps=3", *options))
+    records = read_records(run(tiny_config(tiny_models["plain"], tmp_path, "steps=5", *options)))  # resumes
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
+    assert records[0]["entropy_coef"] == 0.001
+    for before, after in zip(records, records[1:], strict=False):
+        expected = min(max(before["entropy_coef"] + 0.002 * (10.0 - before["entropy"]), 0.0), 0.1)
+        assert after["entropy_coef"] == pytest.approx(expected, rel=1e-9)
+    assert records[-1]["entropy_coef"] > records[0]["entropy_coef"]  # entropy below target: a stronger bonus
