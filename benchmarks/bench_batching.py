@@ -122,7 +122,7 @@ def cpu_rollouts():
     return rollout_lists(BATCH)
 
 
-def bench_build_rollout_batch(benchmark, rollouts, backend: str, layout: str) -> batching.RolloutBatch:
+def bench_build_rollout_batch(benchmark, rollouts, backend: str, layout: str) -> batching.TrainingBatch:
     """Time exprl.batching.build_rollout_batch on `backend` ("ext" or "torch") and record it."""
     if backend == "ext" and batching.extension_error() is not None:
         pytest.skip(batching.extension_error())
@@ -135,7 +135,7 @@ def bench_build_rollout_batch(benchmark, rollouts, backend: str, layout: str) ->
     return timing.result
 
 
-def batch_tensors(batch: batching.RolloutBatch) -> tuple[torch.Tensor, ...]:
+def batch_tensors(batch: batching.TrainingBatch) -> tuple[torch.Tensor, ...]:
     return (batch.input_ids, batch.attention_mask, batch.position_ids, batch.response_mask, batch.target_ids)
 
 
@@ -236,7 +236,7 @@ def test_cuda_generation_to_packed(benchmark, backend):
     record("cuda-generation-packed", "eager-torch" if backend == "torch" else "exprl-ext", timing)
     batch = timing.result
     expected = _cuda_call("torch", *args[1:])
-    for name in batching._TENSOR_FIELDS:
+    for name in batching.TrainingBatch.tensor_fields:
         assert torch.equal(getattr(batch, name), getattr(expected, name)), name
 
 

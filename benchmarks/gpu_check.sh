@@ -5,8 +5,10 @@
 #   OUT=/some/dir bash benchmarks/gpu_check.sh      # from the repository root
 #
 # Needs: python with torch (CUDA build), triton, pytest, pytest-benchmark, transformers; nvcc for the
-# extension (CUDA_HOME is autodetected). Needs no network and no deepspeed. Each step has its own time
-# limit so the whole script stays under 8 minutes; a failing step is recorded and the next one runs.
+# extension (CUDA_HOME is autodetected). Needs no network: deepspeed for the training runs comes from the
+# device wheels (EXPRL_DEVICE_WHEELS, else shared/device-wheels or ../shared/device-wheels). Each step has
+# its own time limit (it took 134 s on the H200 on 2026-11-26, before the rollout benchmark and the
+# training runs were added); a failing step is recorded and the next one runs.
 set -u -o pipefail
 
 OUT=${OUT:-$PWD/gpu_check_out}
@@ -103,14 +105,36 @@ done
 
 # 3. every benchmarks/bench_*.py at its CUDA shapes (the loss at B=8 T=1024 V=151936 bf16 and three more
 #    shapes), against eager PyTorch and peers; each writes its table into $OUT (benchmarks/common.py)
-declare -A BENCH_LIMIT=([bench_loss]=300 [bench_batching]=90 [bench_train_step]=150)
+declare -A BENCH_LIMIT=([bench_loss]=300 [bench_batching]=90 [bench_train_step]=150 [bench_rollout]=180)
 for f in benchmarks/bench_*.py; do
   name=$(basename "$f" .py)
   step "$name" "${BENCH_LIMIT[$name]:-120}" env EXPRL_BENCH_OUT="$OUT" "$PYTHON" -m pytest "$f" \
     --benchmark-enable -p no:cacheprovider -q -s --benchmark-json="$OUT/${name}_pytest_benchmark.json"
 done
 
-# 4. the summary: environment, step statuses, test counts, benchmark tables and the loss targets
+# 4. a 1-GPU DeepSpeed run of the tiny default (3 steps, no eval, no export), the sampler as the trainer
+#    uses it: rollout/wasted_decode_share, time/generation and tokens/s land in its metrics.jsonl. DeepSpeed
+#    and its missing dependencies come from the device wheels (no network), installed for this run only.
+WHEELS=
+for d in "${EXPRL_DEVICE_WHEELS:-}" "$PWD/shared/device-wheels" "$PWD/../shared/device-wheels"; do
+  if [ -n "$d" ] && ls "$d"/deepspeed-*.whl > /dev/null 2>&1; then WHEELS=$d; break; fi
+done
+if [ -n "$WHEELS" ]; then
+  SITE=$(mktemp -d)
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$WHEELS"/*.whl \
+    > "$OUT/train_deepspeed_install.log" 2>&1
+  for mode in default compiled; do
+    extra=()
+    if [ "$mode" = compiled ]; then extra=(rollout.compile_decoding=true); fi
+    step "train_deepspeed_1gpu_$mode" 150 env PYTHONPATH="$SITE:$PYTHONPATH" "$PYTHON" -m deepspeed.launcher.runner \
+      --num_gpus 1 --module exprl.train steps=3 eval.enabled=false export=false progress=false \
+      output_dir="$OUT/runs" name="tiny_$mode" ${extra[@]+"${extra[@]}"}
+  done
+else
+  echo "train_deepspeed_1gpu skipped: no device-wheels folder (set EXPRL_DEVICE_WHEELS)" | tee -a "$STATUS"
+fi
+
+# 5. the summary: environment, step statuses, test counts, benchmark tables and the loss targets
 "$PYTHON" - "$OUT" > "$SUMMARY" 2>> "$OUT/summary_errors.log" <<'PY'
 import glob, json, os, sys, xml.etree.ElementTree as ET
 out = sys.argv[1]
@@ -131,6 +155,13 @@ print("- a file whose step status is not rc=0 and that has no line here crashed 
 for md in sorted(glob.glob(os.path.join(out, "bench_*.md"))):
     print("\n## " + os.path.basename(md) + "\n")
     print(open(md).read())
+for metrics in sorted(glob.glob(os.path.join(out, "runs", "*", "metrics.jsonl"))):
+    records = [json.loads(line) for line in open(metrics) if line.strip()]
+    print(f"\n## {os.path.basename(os.path.dirname(metrics))}: 1-GPU DeepSpeed run of the tiny default\n")
+    for r in records:
+        print(f"- step {r['step']}: generation {r['time/generation']:.2f} s, training {r['time/training']:.2f} s, "
+              f"{r['throughput/generated_tokens_per_s']:.0f} sampled tokens/s, "
+              f"wasted decode share {r['rollout/wasted_decode_share']:.1%}")
 # issue 12's targets on an H200, B=8 T=1024 V=151936 bf16, logits (B, T+1, V): absolute, and against Liger
 targets = {"loss fwd+bwd": (2.0, 0.9), "logprobs fwd": (0.7, 1.0)}
 for path in sorted(glob.glob(os.path.join(out, "bench_loss_cuda_*.json"))):

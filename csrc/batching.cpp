@@ -387,28 +387,19 @@ at::Tensor repack_cpu(const at::Tensor& padded, const at::Tensor& cu_seqlens, bo
   return out;
 }
 
-at::Tensor group_advantages_cpu(const at::Tensor& rewards, int64_t group_size, bool scale, double eps) {
-  TORCH_CHECK(at::isFloatingType(rewards.scalar_type()) && rewards.dim() == 1,
-              "rewards must be a 1-D floating tensor, got ", rewards.scalar_type(), " ", rewards.sizes());
-  TORCH_CHECK(group_size >= 1 && rewards.numel() % group_size == 0, "group_size ", group_size,
-              " must be positive and divide the ", rewards.numel(), " rewards");
+at::Tensor group_advantages_cpu(const at::Tensor& rewards, const c10::optional<at::Tensor>& valid,
+                               int64_t group_size, bool scale, double eps) {
+  check_group_args(rewards, valid, group_size);
   const at::Tensor values = rewards.to(at::kFloat).contiguous();
+  const at::Tensor mask = valid.has_value() ? valid->contiguous() : at::Tensor();
   at::Tensor out = at::empty_like(values);
   const float* in = values.data_ptr<float>();
+  const bool* keep = mask.defined() ? mask.data_ptr<bool>() : nullptr;
   float* adv = out.data_ptr<float>();
   at::parallel_for(0, values.numel() / group_size, 64, [&](int64_t begin, int64_t end) {
     for (int64_t g = begin; g < end; ++g) {
-      const float* x = in + g * group_size;
-      double sum = 0.0;
-      for (int64_t i = 0; i < group_size; ++i) sum += x[i];
-      const double mean = sum / group_size;
-      double denominator = 1.0;
-      if (scale) {
-        double squares = 0.0;
-        for (int64_t i = 0; i < group_size; ++i) squares += (x[i] - mean) * (x[i] - mean);
-        denominator = (group_size > 1 ? std::sqrt(squares / (group_size - 1)) : 0.0) + eps;
-      }
-      for (int64_t i = 0; i < group_size; ++i) adv[g * group_size + i] = static_cast<float>((x[i] - mean) / denominator);
+      const int64_t first = g * group_size;
+      group_table(in + first, keep == nullptr ? nullptr : keep + first, group_size, scale, eps, adv + first);
     }
   });
   return out;
@@ -473,7 +464,7 @@ TORCH_LIBRARY(exprl, m) {
   m.def(
       "rollout_from_generation(Tensor sequences, Tensor prompt_lengths, Tensor response_lengths, int prompt_width, "
       "int pad_id, int max_len, bool packed, bool left) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("group_advantages(Tensor rewards, int group_size, bool scale, float eps) -> Tensor");
+  m.def("group_advantages(Tensor rewards, Tensor? valid, int group_size, bool scale, float eps) -> Tensor");
   m.def(
       "segment_advantages(Tensor segment_ids, Tensor cu_seqlens, Tensor scores, Tensor num_segments, int mode, "
       "int group_size, float eps) -> Tensor");

@@ -23,6 +23,33 @@ constexpr int64_t kSegmentDelta = 0;
 constexpr int64_t kSegmentEnd = 1;
 constexpr int64_t kSegmentGroup = 2;
 
+// Advantages of one group of n rewards, written into out (n): (x - mean) / (sample std + eps), or x - mean
+// when !scale, with mean and std over the entries that valid marks (all when valid is null); unmarked
+// entries get 0. The same code runs in a CPU loop (batching.cpp) and as one CUDA thread per group.
+EXPRL_HOST_DEVICE inline void group_table(const float* x, const bool* valid, int64_t n, bool scale, double eps,
+                                           float* out) {
+  double sum = 0.0;
+  int64_t count = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (valid == nullptr || valid[i]) {
+      sum += x[i];
+      ++count;
+    }
+  }
+  const double mean = count > 0 ? sum / count : 0.0;
+  double denominator = 1.0;
+  if (scale) {
+    double squares = 0.0;
+    for (int64_t i = 0; i < n; ++i) {
+      if (valid == nullptr || valid[i]) squares += (x[i] - mean) * (x[i] - mean);
+    }
+    denominator = (count > 1 ? sqrt(squares / (count - 1)) : 0.0) + eps;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    out[i] = valid == nullptr || valid[i] ? static_cast<float>((x[i] - mean) / denominator) : 0.0f;
+  }
+}
+
 // Per-(row, segment) advantages of one group of rows, written into table (rows x width): the same code
 // runs in a CPU loop (batching.cpp) and as one CUDA thread per group (batching_cuda.cu).
 EXPRL_HOST_DEVICE inline void segment_table(const float* scores, const int64_t* counts, int64_t rows,
@@ -92,6 +119,20 @@ inline void check_offsets_values(const int64_t* cu, int64_t count, int64_t total
                 ")");
   }
   TORCH_CHECK(cu[count - 1] == total, name, "[-1] = ", cu[count - 1], " but there are ", total, " values");
+}
+
+// The rewards of group_advantages, and its optional validity mask: a bool tensor shaped like them.
+inline void check_group_args(const at::Tensor& rewards, const c10::optional<at::Tensor>& valid, int64_t group_size) {
+  TORCH_CHECK(at::isFloatingType(rewards.scalar_type()) && rewards.dim() == 1,
+              "rewards must be a 1-D floating tensor, got ", rewards.scalar_type(), " ", rewards.sizes());
+  TORCH_CHECK(group_size >= 1 && rewards.numel() % group_size == 0, "group_size ", group_size,
+              " must be positive and divide the ", rewards.numel(), " rewards");
+  if (valid.has_value()) {
+    TORCH_CHECK(valid->scalar_type() == at::kBool && valid->sizes() == rewards.sizes(),
+                "valid must be a bool tensor shaped like rewards ", rewards.sizes(), ", got ", valid->scalar_type(),
+                " ", valid->sizes());
+    check_same_device(rewards, *valid, "rewards", "valid");
+  }
 }
 
 inline void check_segment_args(const at::Tensor& segment_ids, const at::Tensor& scores, const at::Tensor& num_segments,

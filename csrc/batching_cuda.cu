@@ -348,36 +348,28 @@ at::Tensor repack_cuda(const at::Tensor& padded, const at::Tensor& cu_seqlens, b
 
 // ---- advantages ---------------------------------------------------------------------------------
 
-__global__ void group_advantages_kernel(const float* rewards, int64_t groups, int64_t group_size, bool scale,
-                                        double eps, float* out) {
+// One thread per group: group_table, shared with the CPU loop.
+__global__ void group_advantages_kernel(const float* rewards, const bool* valid, int64_t groups, int64_t group_size,
+                                        bool scale, double eps, float* out) {
   const int64_t g = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (g >= groups) return;
-  const float* x = rewards + g * group_size;
-  double sum = 0.0;
-  for (int64_t i = 0; i < group_size; ++i) sum += x[i];
-  const double mean = sum / group_size;
-  double denominator = 1.0;
-  if (scale) {
-    double squares = 0.0;
-    for (int64_t i = 0; i < group_size; ++i) squares += (x[i] - mean) * (x[i] - mean);
-    denominator = (group_size > 1 ? sqrt(squares / (group_size - 1)) : 0.0) + eps;
-  }
-  for (int64_t i = 0; i < group_size; ++i) out[g * group_size + i] = static_cast<float>((x[i] - mean) / denominator);
+  const int64_t first = g * group_size;
+  group_table(rewards + first, valid == nullptr ? nullptr : valid + first, group_size, scale, eps, out + first);
 }
 
-at::Tensor group_advantages_cuda(const at::Tensor& rewards, int64_t group_size, bool scale, double eps) {
-  TORCH_CHECK(at::isFloatingType(rewards.scalar_type()) && rewards.dim() == 1,
-              "rewards must be a 1-D floating tensor, got ", rewards.scalar_type(), " ", rewards.sizes());
-  TORCH_CHECK(group_size >= 1 && rewards.numel() % group_size == 0, "group_size ", group_size,
-              " must be positive and divide the ", rewards.numel(), " rewards");
+at::Tensor group_advantages_cuda(const at::Tensor& rewards, const c10::optional<at::Tensor>& valid,
+                                 int64_t group_size, bool scale, double eps) {
+  check_group_args(rewards, valid, group_size);
   check_cuda(rewards, "rewards");
   const c10::cuda::CUDAGuard guard(rewards.device());
   const at::Tensor values = rewards.to(at::kFloat).contiguous();
+  const at::Tensor mask = valid.has_value() ? valid->contiguous() : at::Tensor();
   at::Tensor out = at::empty_like(values);
   const int64_t groups = values.numel() / group_size;
   if (groups > 0) {
     group_advantages_kernel<<<(groups + kThreads - 1) / kThreads, kThreads, 0, current_stream()>>>(
-        values.data_ptr<float>(), groups, group_size, scale, eps, out.data_ptr<float>());
+        values.data_ptr<float>(), mask.defined() ? mask.data_ptr<bool>() : nullptr, groups, group_size, scale, eps,
+        out.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   return out;

@@ -202,13 +202,16 @@ def test_unpack_pad_value(backend):
     assert out.tolist() == [[1.0, -1.5], [2.0, 3.0]]
 
 
-def expected_group_advantages(rewards, group_size, scale, eps):
+def expected_group_advantages(rewards, group_size, scale, eps, valid=None):
+    valid = valid or [True] * len(rewards)
     out = []
     for start in range(0, len(rewards), group_size):
-        group = rewards[start : start + group_size]
-        mean = statistics.fmean(group)
-        std = statistics.stdev(group) if len(group) > 1 else 0.0
-        out += [(r - mean) / (std + eps) if scale == "std" else r - mean for r in group]
+        group = list(zip(rewards[start : start + group_size], valid[start : start + group_size], strict=True))
+        kept = [r for r, v in group if v]
+        mean = statistics.fmean(kept) if kept else 0.0
+        std = statistics.stdev(kept) if len(kept) > 1 else 0.0
+        for r, v in group:
+            out.append(0.0 if not v else (r - mean) / (std + eps) if scale == "std" else r - mean)
     return out
 
 
@@ -236,6 +239,25 @@ def test_group_advantages_match_statistics_module(backend, groups, group_size, s
     adv = batching.group_advantages(torch.tensor(rewards, dtype=torch.float64), group_size, scale=scale)
     expected = expected_group_advantages(rewards, group_size, scale, 1e-6)
     assert adv.tolist() == pytest.approx(expected, rel=1e-5, abs=1e-5)
+    valid = data.draw(st.lists(st.booleans(), min_size=len(rewards), max_size=len(rewards)))
+    masked = batching.group_advantages(
+        torch.tensor(rewards, dtype=torch.float64),
+        group_size,
+        scale=scale,
+        valid=torch.tensor(valid, dtype=torch.bool),
+    )
+    assert masked.tolist() == pytest.approx(
+        expected_group_advantages(rewards, group_size, scale, 1e-6, valid), rel=1e-5, abs=1e-5
+    )
+
+
+def test_group_advantages_skip_invalid_rewards(backend):
+    rewards = torch.tensor([1.0, float("nan"), 0.0, 3.0, float("nan"), 5.0])
+    valid = torch.tensor([True, False, True, True, False, False])
+    adv = batching.group_advantages(rewards, 3, valid=valid)
+    # Group [1, -, 0]: mean 0.5, sample std sqrt(0.5); group [3, -, -]: one reward, no baseline.
+    expected = 0.5 / (math.sqrt(0.5) + 1e-6)
+    assert adv.tolist() == pytest.approx([expected, 0.0, -expected, 0.0, 0.0, 0.0])
 
 
 def test_segment_advantages_delta_and_end_by_hand(backend):
@@ -325,6 +347,18 @@ def test_split_generation_by_hand(backend):
     assert split.response_lengths.tolist() == [3, 4, 1]
 
 
+def test_split_generation_stops_at_any_of_several_eos_ids(backend):
+    sequences, prompt_lengths = generation_output()
+    split = batching.split_generation(sequences, prompt_lengths, prompt_width=3, eos_id=[9, 24])
+    # Row 0 stops at 2 only when 2 is an eos id: here it runs on; row 1 stops at its 24.
+    assert [r.tolist() for r in split.responses] == [[21, 22, 2, 0], [23, 24], [2, 0, 0, 0]]
+    assert split.truncated.tolist() == [True, False, True]
+    both = batching.split_generation(sequences, prompt_lengths, prompt_width=3, eos_id=[24, 2])
+    assert [r.tolist() for r in both.responses] == [[21, 22, 2], [23, 24], [2]]
+    with pytest.raises(ValueError, match="eos_id must be a non-negative int or a non-empty list"):
+        batching.split_generation(sequences, prompt_lengths, prompt_width=3, eos_id=[])
+
+
 def test_split_generation_without_response_columns(backend):
     split = batching.split_generation(torch.tensor([[5, 6], [0, 7]]), torch.tensor([2, 1]), 2, eos_id=2)
     assert [r.tolist() for r in split.responses] == [[], []]
@@ -340,7 +374,7 @@ def test_batch_from_generation_equals_batch_of_the_split(backend, layout, side):
     batch = batching.batch_from_generation(
         sequences, prompt_lengths, 3, eos_id=2, pad_id=0, layout=layout, pad_side=side
     )
-    for name in batching._TENSOR_FIELDS:
+    for name in batching.TrainingBatch.tensor_fields:
         assert torch.equal(getattr(batch, name), getattr(expected, name)), name
 
 
@@ -373,7 +407,7 @@ def test_batch_from_generation_random(backend, data, layout):
         split.prompts, split.responses, 0, layout, truncated=split.truncated
     )
     got = batching.batch_from_generation(sequences, prompt_lengths, width, 2, 0, layout)
-    for name in batching._TENSOR_FIELDS:
+    for name in batching.TrainingBatch.tensor_fields:
         assert torch.equal(getattr(got, name), getattr(expected, name)), name
 
 
@@ -431,6 +465,8 @@ def test_group_size_must_divide_the_batch():
         batching.group_advantages(torch.tensor([0.0, float("nan")]), 2)
     with pytest.raises(ValueError, match="scale must be"):
         batching.group_advantages(torch.zeros(2), 2, scale="max")
+    with pytest.raises(TypeError, match="valid must be a bool tensor of shape"):
+        batching.group_advantages(torch.zeros(2), 2, valid=torch.ones(2))
 
 
 def test_segment_advantages_errors():

@@ -83,7 +83,7 @@ def test_batch_from_generation_on_cuda_equals_cpu():
     got = batching.batch_from_generation(sequences.cuda(), prompt_lengths.cuda(), 256, 2, 0, "packed")
     with batching.use_backend("torch"):
         expected = batching.batch_from_generation(sequences, prompt_lengths, 256, 2, 0, "packed")
-    for name in batching._TENSOR_FIELDS:
+    for name in batching.TrainingBatch.tensor_fields:
         assert torch.equal(getattr(got, name).cpu(), getattr(expected, name)), name
 
 
@@ -101,12 +101,18 @@ def test_unpack_repack_match_reference(dtype, left):
     assert_same([ops.repack(padded, cu_seqlens.cuda(), left)], [values])
 
 
+@pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("scale", [False, True])
 @pytest.mark.parametrize("group_size", [1, 8, 16])
-def test_group_advantages_match_reference(scale, group_size):
-    rewards = torch.randint(0, 5, (1024,), generator=torch.Generator().manual_seed(6)).float() / 4
-    expected = reference.group_advantages(rewards, group_size, scale, 1e-6)
-    torch.testing.assert_close(ops.group_advantages(rewards.cuda(), group_size, scale, 1e-6).cpu(), expected)
+def test_group_advantages_match_reference(scale, group_size, masked):
+    generator = torch.Generator().manual_seed(6)
+    rewards = torch.randint(0, 5, (1024,), generator=generator).float() / 4
+    valid = torch.rand(1024, generator=generator) < 0.7 if masked else None
+    expected = reference.group_advantages(rewards, valid, group_size, scale, 1e-6)
+    got = ops.group_advantages(
+        rewards.cuda(), None if valid is None else valid.cuda(), group_size, scale, 1e-6
+    )
+    torch.testing.assert_close(got.cpu(), expected)
 
 
 @pytest.mark.parametrize("mode", ["delta", "end", "group"])
@@ -150,4 +156,4 @@ def test_empty_inputs_on_cuda():
     got = ops.rollout_batch(empty, offsets([0, 0]), empty, offsets([0, 0]), 0, 0, False, False)
     assert [tuple(t.shape) for t in got] == [(2, 0)] * 5
     assert ops.generation_lengths(torch.empty(0, 4, dtype=torch.long, device="cuda"), 2, 2)[0].shape == (0,)
-    assert ops.group_advantages(torch.empty(0, device="cuda"), 4, True, 1e-6).shape == (0,)
+    assert ops.group_advantages(torch.empty(0, device="cuda"), None, 4, True, 1e-6).shape == (0,)

@@ -145,12 +145,14 @@ def test_unpack_and_repack_equal_reference(lengths, rest, dtype, left, extra):
     scale=st.booleans(),
     dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
     seed=st.integers(0, 2**16),
+    masked=st.booleans(),
 )
-def test_group_advantages_equal_reference(groups, group_size, scale, dtype, seed):
+def test_group_advantages_equal_reference(groups, group_size, scale, dtype, seed, masked):
     generator = torch.Generator().manual_seed(seed)
     rewards = torch.randint(0, 5, (groups * group_size,), generator=generator).to(dtype) / 4
-    got = ops.group_advantages(rewards, group_size, scale, 1e-6)
-    torch.testing.assert_close(got, reference.group_advantages(rewards, group_size, scale, 1e-6))
+    valid = torch.rand(rewards.shape, generator=generator) < 0.7 if masked else None
+    got = ops.group_advantages(rewards, valid, group_size, scale, 1e-6)
+    torch.testing.assert_close(got, reference.group_advantages(rewards, valid, group_size, scale, 1e-6))
 
 
 @pytestmark_ext
@@ -288,7 +290,9 @@ def test_unpack_repack_and_advantage_ops_check_arguments():
     with pytest.raises(RuntimeError, match="cu_seqlens has 2 sequences but padded has 1 rows"):
         ops.repack(torch.zeros(1, 3), torch.tensor([0, 1, 2]), False)
     with pytest.raises(RuntimeError, match="group_size 4 must be positive and divide the 6 rewards"):
-        ops.group_advantages(torch.zeros(6), 4, True, 1e-6)
+        ops.group_advantages(torch.zeros(6), None, 4, True, 1e-6)
+    with pytest.raises(RuntimeError, match="valid must be a bool tensor shaped like rewards"):
+        ops.group_advantages(torch.zeros(6), torch.ones(6), 3, True, 1e-6)
     with pytest.raises(
         RuntimeError, match=r"segment_ids\[1\] = 2 is neither -1 nor below num_segments\[0\] = 2"
     ):

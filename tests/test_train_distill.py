@@ -12,7 +12,7 @@ from exprl.models import load_model_and_tokenizer, prompt_text, teacher_problem
 from exprl.models.generation import sample
 from exprl.train import run
 from exprl.train.loop import distill_advantages
-from exprl.train.rollout import Rollouts
+from exprl.train.rollout import RolloutGroups
 
 PROBLEMS = load_problems("builtin:chain:2:train:3")
 
@@ -39,7 +39,7 @@ def test_advantages_are_teacher_minus_student_logprobs(tiny_models, tmp_path):
     cfg = tiny_config(tiny_models["plain"], tmp_path, "method=distill", "algo.micro_batch_size=3")
     prompts = [prompt_text(p, tokenizer, "auto") for p in PROBLEMS]
     samples = sample(student, tokenizer, prompts, 2, max_new_tokens=6, generator_seed=0)
-    ro = Rollouts(
+    ro = RolloutGroups(
         [PROBLEMS[s.prompt_index] for s in samples],
         [s.prompt_ids for s in samples],
         [s.response_ids for s in samples],

@@ -10,7 +10,7 @@ import time
 
 import pytest
 import yaml
-from train_helpers import read_records, toy_overrides
+from train_helpers import DIGIT_REWARD, read_records, toy_overrides
 
 from exprl.train import run
 from exprl.train.config import load_config, save_config
@@ -95,6 +95,7 @@ def test_killed_run_resumes_exactly(toy, tmp_path):
     resumed = read_records(run(load_config(path)))
     assert [r["step"] for r in resumed] == list(range(1, 7))
     for got, want in zip(resumed, reference, strict=True):
+        assert "rollout/wasted_decode_share" in deterministic(got)  # the sampler's cost repeats too
         assert deterministic(got) == deterministic(want)
 
 
@@ -135,14 +136,47 @@ def launch_two_ranks(config: pathlib.Path, port: int, run_dir: pathlib.Path) -> 
     return read_records(run_dir)
 
 
+# The toy reward, also writing every response it grades, with its problem, to $EXPRL_TEST_RESPONSES/rank<R>.
+RECORDING_REWARD = (
+    DIGIT_REWARD
+    + """
+import os
+import pathlib
+
+
+def recorded_stop_digit(problem, response):
+    out = pathlib.Path(os.environ["EXPRL_TEST_RESPONSES"]) / f"rank{os.environ.get('RANK', '0')}"
+    with out.open("a") as f:
+        f.write(repr((problem.id, response)) + "\\n")
+    return stop_digit(problem, response)
+"""
+)
+
+
+def recorded(directory: pathlib.Path, rank: int) -> list[str]:
+    return (directory / f"rank{rank}").read_text().splitlines()
+
+
 @pytest.mark.slow
-def test_two_ranks_match_one_rank(toy, tmp_path):
+def test_two_ranks_match_one_rank(toy, tmp_path, monkeypatch):
     """The global batch (4 prompts x 8 samples) split over 2 ranks in micro-batches of 4 gives the same
-    per-step loss, gradient norm, KL and entropy as 1 rank with micro-batches of 8 (tolerance: fp32
-    reduction order, rel 1e-4). The 2 ranks generate from sharded parameters with synced_gpus, the single
-    rank from gathered ones: the samples, hence rewards and lengths, must agree too."""
-    common = ["steps=3", "checkpoint_every=0", "algo.kl_coef=0.01", "algo.entropy_coef=0.01"]
+    responses, and the same per-step loss, gradient norm, KL and entropy as 1 rank with micro-batches
+    of 8 (tolerance: fp32 reduction order, rel 1e-4). The 2 ranks sample from sharded parameters in
+    lockstep, each its half of the rows, the single rank all rows from gathered parameters."""
+    reward = tmp_path / "recorded.py"
+    reward.write_text(RECORDING_REWARD)
+    common = [
+        "steps=3",
+        "checkpoint_every=0",
+        "algo.kl_coef=0.01",
+        "algo.entropy_coef=0.01",
+        f"reward.options={{path: '{reward}:recorded_stop_digit'}}",
+    ]
+    for name in ("one", "two"):
+        (tmp_path / f"responses-{name}").mkdir()
+    monkeypatch.setenv("EXPRL_TEST_RESPONSES", str(tmp_path / "responses-one"))
     single = read_records(run(load_config(toy_config_file(toy, tmp_path, "one", *common))))
+    monkeypatch.setenv("EXPRL_TEST_RESPONSES", str(tmp_path / "responses-two"))
     path = toy_config_file(
         toy, tmp_path, "two", *common, "algo.micro_batch_size=4", "rollout.gather_parameters=false"
     )
@@ -152,6 +186,13 @@ def test_two_ranks_match_one_rank(toy, tmp_path):
     for a, b in zip(single, double, strict=True):
         for key in ("loss", "grad_norm", "kl", "entropy", "reward/judge", "response_length", "clip_frac"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), (a["step"], key)
+    # per step, rank 0 samples the first 2 prompts x 8, rank 1 the last 2: together, the single rank's 32
+    one = recorded(tmp_path / "responses-one", 0)
+    first, second = (recorded(tmp_path / "responses-two", rank) for rank in (0, 1))
+    assert len(one) == 3 * 32 and len(first) == len(second) == 3 * 16
+    for step in range(3):
+        halves = first[16 * step : 16 * (step + 1)] + second[16 * step : 16 * (step + 1)]
+        assert one[32 * step : 32 * (step + 1)] == halves, step
 
 
 @pytest.mark.slow
@@ -185,7 +226,9 @@ def test_judge_on_the_reference_engine_under_two_rank_zero3(tmp_path):
     own = load_config(None, [*common, "name=own", f"reward.options={{path: '{grader}', {options}}}"])
     single = read_records(run(own))
     cfg = load_config(
-        None, [*common, "name=shared", "reward.judge_model=reference", "algo.micro_batch_size=1"]
+        None,
+        [*common, "name=shared", "reward.judge_model=reference", f"reward.options={{{options}}}"]
+        + ["algo.micro_batch_size=1"],
     )
     path = tmp_path / "shared.yaml"
     save_config(cfg, path)

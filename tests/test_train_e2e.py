@@ -26,6 +26,7 @@ STEP_KEYS = (
     "dropped_rollouts",
     "prompts/unsolved_became_solved",
     "throughput/generated_tokens_per_s",
+    "rollout/wasted_decode_share",
     "time/generation",
     "time/scoring",
     "time/training",

@@ -7,7 +7,7 @@ from train_helpers import read_records, tiny_config
 from exprl.data import load_problems
 from exprl.train import checkpoint, run
 from exprl.train.loop import micro_batches
-from exprl.train.rollout import Rollouts, score
+from exprl.train.rollout import RolloutGroups, score
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ class FixedJudge:
 def toy_rollouts(texts, truncated):
     problems = load_problems("builtin:all:1:train:1")
     n = len(texts)
-    return Rollouts(
+    return RolloutGroups(
         problems * n,
         [torch.tensor([5, 6, 7])] * n,
         [torch.tensor([9] * (i + 1)) for i in range(n)],

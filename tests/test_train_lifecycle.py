@@ -1,6 +1,7 @@
 """The trainer's before/after evaluation reads prompts the way the policy is trained on them."""
 
 import contextlib
+import functools
 import json
 
 import pytest
@@ -44,14 +45,17 @@ def test_evaluate_policy_formats_prompts_like_training(chat_model, tmp_path, mon
     tokenizer = AutoTokenizer.from_pretrained(chat_model)
     model = AutoModelForCausalLM.from_pretrained(chat_model)
     read: list[str] = []
-    generate = model.generate
+    forward = model.forward
 
-    def spy(*, input_ids, attention_mask, **kwargs):
-        for row, mask in zip(input_ids, attention_mask, strict=True):
-            read.append(tokenizer.decode(row[mask.bool()].tolist()))
-        return generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    @functools.wraps(forward)
+    def spy(input_ids=None, attention_mask=None, **kwargs):
+        # a prefill (a cache, several tokens): the sampler runs each prompt once for its n rows
+        if kwargs.get("cache") is not None and input_ids.shape[1] > 1:
+            for row, mask in zip(input_ids, attention_mask, strict=True):
+                read.append(tokenizer.decode(row[mask.bool()].tolist()))
+        return forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
-    monkeypatch.setattr(model, "generate", spy)
+    monkeypatch.setattr(model, "forward", spy)
     # the evaluation's view of the engine: the policy module, parameters gathered (here: a plain model)
     monkeypatch.setattr(
         rollout, "generation_mode", lambda engine, gather_parameters: contextlib.nullcontext(model)
@@ -64,6 +68,6 @@ def test_evaluate_policy_formats_prompts_like_training(chat_model, tmp_path, mon
         expected = [f"[user] {p.prompt}\n[assistant] " for p in problems]
     else:
         expected = [p.prompt for p in problems]
-    assert read == [text for text in expected for _ in range(cfg.eval.n)]
+    assert read == expected
     assert set(result["splits"]) == {"test", "ood"}
     assert json.loads((cfg.run_dir / "eval_before.json").read_text()) == result

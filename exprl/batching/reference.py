@@ -170,18 +170,26 @@ def rollout_from_generation(
     )
 
 
-def group_advantages(rewards: Tensor, group_size: int, scale: bool, eps: float) -> Tensor:
+def group_advantages(
+    rewards: Tensor, valid: Tensor | None, group_size: int, scale: bool, eps: float
+) -> Tensor:
     """(rewards - group mean) / (group std + eps) (or without the division), float32 (B*G,).
 
-    Groups are consecutive runs of `group_size` rewards. The std is the sample std (n - 1), 0 for
-    a group of one.
+    Groups are consecutive runs of `group_size` rewards. `valid` (bool, like `rewards`, or None for
+    all) marks the rewards that count: the mean and the sample std (n - 1, 0 for a single reward) are
+    taken over them, and the others get 0.
     """
     grouped = rewards.float().view(-1, group_size)
     if grouped.numel() == 0:
         return grouped.reshape(-1)
-    centred = grouped - grouped.mean(dim=1, keepdim=True)
+    keep = torch.ones_like(grouped, dtype=torch.bool) if valid is None else valid.view(-1, group_size)
+    counts = keep.sum(dim=1, keepdim=True)
+    values = torch.where(keep, grouped, 0.0)
+    mean = values.sum(dim=1, keepdim=True) / counts.clamp(min=1)
+    centred = torch.where(keep, grouped - mean, 0.0)
     if scale:
-        std = grouped.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(centred)
+        squares = (centred**2).sum(dim=1, keepdim=True)
+        std = torch.where(counts > 1, (squares / (counts - 1).clamp(min=1)).sqrt(), 0.0)
         centred = centred / (std + eps)
     return centred.reshape(-1)
 

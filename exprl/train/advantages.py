@@ -91,15 +91,12 @@ def grpo(
     token of the rollout. Dropped rollouts are left out of their group's statistics."""
     del token_segment_ids
     _check_lengths(scores, response_lengths, group_size)
-    sequence_adv = torch.zeros(len(scores), dtype=torch.float32)
-    for start in range(0, len(scores), group_size):
-        kept = [i for i in range(start, start + group_size) if scores[i] is not None]
-        if len(kept) < 2:  # a group of one has no baseline to compare with
-            continue
-        if any(not isinstance(scores[i], int | float) for i in kept):
-            raise TypeError("grpo needs one float score per rollout; got per-segment scores (use process-*)")
-        rewards = torch.tensor([float(scores[i]) for i in kept], dtype=torch.float32)
-        sequence_adv[kept] = batching.group_advantages(rewards, len(kept), scale=scale)
+    if any(s is not None and not isinstance(s, int | float) for s in scores):
+        raise TypeError("grpo needs one float score per rollout; got per-segment scores (use process-*)")
+    rewards = torch.tensor([0.0 if s is None else float(s) for s in scores], dtype=torch.float32)
+    valid = torch.tensor([s is not None for s in scores], dtype=torch.bool)
+    # a group with one graded rollout has no baseline: the op gives it 0, like the dropped ones
+    sequence_adv = batching.group_advantages(rewards, group_size, scale=scale, valid=valid)
     return [torch.full((n,), float(a)) for a, n in zip(sequence_adv.tolist(), response_lengths, strict=True)]
 
 

@@ -67,8 +67,13 @@ class RolloutConfig:
     # a system message for the policy, used only with a chat template (exprl.models.PAPER_SYSTEM_PROMPT in
     # the paper presets; plain prompts, as the tiny tasks', keep their own format)
     system_prompt: str | None = None
-    # ZeRO-3: gather all parameters once per rollout; False = generate with synced_gpus (less memory)
+    # ZeRO-3: gather all parameters once per step for sampling (a whole model per GPU, released before
+    # training); False = sample from sharded parameters, all ranks in lockstep (less memory, slower)
     gather_parameters: bool = True
+    # static KV cache, and on CUDA decode steps compiled with CUDA graphs (full-attention models only;
+    # finished rows are not compacted out): see exprl.models.generation.sample_tokens. Not yet run on a
+    # GPU (benchmarks/gpu_check.sh trains with it on): off by default
+    compile_decoding: bool = False
 
 
 @dataclass

@@ -13,7 +13,9 @@ import torch.distributed as dist
 from exprl.train.config import TrainConfig
 from exprl.train.metrics import MetricsLogger
 
-POSTFIX_KEYS = {"reward/judge": "reward", "pass_rate": "pass", "entropy": "ent", "kl": "kl", "loss": "loss"}
+POSTFIX_KEYS = {"reward/judge": "reward", "pass_rate": "pass", "entropy": "ent", "kl": "kl", "loss": "loss",
+                "time/generation": "gen_s", "throughput/generated_tokens_per_s": "tok/s",
+                "rollout/wasted_decode_share": "wasted"}  # fmt: skip
 
 
 def make_logger(run_dir: pathlib.Path, rank: int) -> MetricsLogger:

@@ -92,7 +92,7 @@ def train_step(
     share = cfg.rollout.prompts_per_step // world
     mine = range(rank * share, (rank + 1) * share)
     t0 = time.perf_counter()
-    ro = rollout.generate(
+    ro, decode = rollout.generate(
         engine,
         tokenizer,
         [problems[indices[j]] for j in mine],
@@ -122,13 +122,16 @@ def train_step(
     metrics.update(train_stats)
     metrics.update(distill)
     metrics["entropy_coef"] = entropy_coef
-    gen_tokens = global_sum([float(sum(len(r) for r in ro.response_ids))])[0]
+    gen_tokens, positions, wasted = global_sum(
+        [float(decode.sampled_tokens), float(decode.decode_positions), float(decode.wasted_positions)]
+    )
     metrics.update(
         {
             "time/generation": t1 - t0,
             "time/scoring": t2 - t1,
             "time/training": t3 - t2,
             "throughput/generated_tokens_per_s": gen_tokens / max(t1 - t0, 1e-9),
+            "rollout/wasted_decode_share": wasted / max(positions, 1.0),
             "throughput/trained_tokens_per_s": train_stats["tokens"]
             * cfg.algo.ppo_epochs
             / max(t3 - t2, 1e-9),
@@ -149,7 +152,7 @@ def judge_weights(ref, cfg: TrainConfig) -> Iterator[None]:
         yield
 
 
-def compute_advantages(ro: rollout.Rollouts, tokenizer, cfg: TrainConfig) -> list[Tensor]:
+def compute_advantages(ro: rollout.RolloutGroups, tokenizer, cfg: TrainConfig) -> list[Tensor]:
     """Per rollout, float32 (R_i,) advantages of its response tokens, from the registered estimator."""
     estimator = advantages.get(cfg.algo.advantage)
     segment_ids: list[Tensor] | None = None
@@ -168,7 +171,9 @@ def compute_advantages(ro: rollout.Rollouts, tokenizer, cfg: TrainConfig) -> lis
     )
 
 
-def distill_advantages(engine, teacher, ro: rollout.Rollouts, tokenizer, cfg: TrainConfig) -> list[Tensor]:
+def distill_advantages(
+    engine, teacher, ro: rollout.RolloutGroups, tokenizer, cfg: TrainConfig
+) -> list[Tensor]:
     """On-policy self-distillation: per response token, logp_teacher - logp_student (the negated per-token
     reverse KL), with the student the policy that sampled the rollouts and the teacher the frozen base
     model whose prompt shows the reference solution (`exprl.models.teacher_problem`)."""
@@ -185,7 +190,7 @@ def distill_advantages(engine, teacher, ro: rollout.Rollouts, tokenizer, cfg: Tr
 
 
 def response_logprobs(
-    model, prompt_ids: Sequence[Tensor], ro: rollout.Rollouts, pad_id: int, cfg: TrainConfig
+    model, prompt_ids: Sequence[Tensor], ro: rollout.RolloutGroups, pad_id: int, cfg: TrainConfig
 ) -> list[Tensor]:
     """Per rollout, float32 (R_i,) log-probs `model` gives its response tokens after `prompt_ids[i]`, at
     the rollout temperature, in micro-batches of algo.micro_batch_size (every rank runs as many)."""
@@ -211,7 +216,7 @@ def response_logprobs(
     return out
 
 
-def length_limited(ro: rollout.Rollouts, cfg: TrainConfig) -> list[bool]:
+def length_limited(ro: rollout.RolloutGroups, cfg: TrainConfig) -> list[bool]:
     """The rollouts the length-limit rule applies to: the truncated ones (none if reward.truncation keep)."""
     return list(ro.truncated) if cfg.reward.truncation == "zero" else [False] * len(ro)
 
@@ -220,7 +225,7 @@ def length_limited(ro: rollout.Rollouts, cfg: TrainConfig) -> list[bool]:
 class MicroBatch:
     """Training tensors of a few rollouts, padded (B, L); `advantages` and `mask` align with `target_ids`."""
 
-    batch: batching.RolloutBatch
+    batch: batching.TrainingBatch
     advantages: Tensor  # float32 (B, L), 0 off the response
     mask: Tensor  # bool (B, L): response tokens of rollouts that were graded
     old_logprobs: Tensor | None = None  # float32 (B, L)
@@ -236,7 +241,7 @@ class MicroBatch:
 
 
 def micro_batches(
-    ro: rollout.Rollouts, token_adv: Sequence[Tensor], pad_id: int, size: int, device: torch.device
+    ro: rollout.RolloutGroups, token_adv: Sequence[Tensor], pad_id: int, size: int, device: torch.device
 ) -> list[MicroBatch]:
     """Rollouts -> `size`-sequence micro-batches through `exprl.batching.build_rollout_batch`.
     Dropped rollouts (score None) keep their place with an all-zero mask."""
@@ -269,7 +274,7 @@ def forward_logits(engine, mb: MicroBatch) -> Tensor:
 def optimize(
     engine,
     ref,
-    ro: rollout.Rollouts,
+    ro: rollout.RolloutGroups,
     token_adv: Sequence[Tensor],
     pad_id: int,
     cfg: TrainConfig,
@@ -350,7 +355,7 @@ def optimize(
 
 
 def rollout_metrics(
-    ro: rollout.Rollouts, group_size: int, state: dict[str, Any], limited: Sequence[bool] | None = None
+    ro: rollout.RolloutGroups, group_size: int, state: dict[str, Any], limited: Sequence[bool] | None = None
 ) -> dict[str, float]:
     """Global rollout statistics; also updates the run's record of prompts that were unsolved at their
     first appearance and later solved (`state`, saved in checkpoints). `limited`: the rollouts whose

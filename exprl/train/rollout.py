@@ -1,14 +1,14 @@
 """Rollout and scoring: problems -> G sampled responses each -> judge and verifier scores.
 
-Sampling is seeded per prompt from (run seed, step, global prompt index), so the rollouts of a step do
-not depend on how the step's prompts are split over ranks or on anything sampled before: a resumed run
-and a run on another number of ranks draw exactly the same responses.
+A rank samples all its prompts x G in one batched decode (`exprl.models.generation`). Each sample has
+its own random stream, seeded from (run seed, step, global prompt index, sample index), so the rollouts
+of a step do not depend on how the step's prompts are split over ranks, on which rows share a batch or
+on anything sampled before: a resumed run and a run on another number of ranks draw the same responses.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -17,14 +17,19 @@ from torch import Tensor
 
 from exprl.data import SEGMENT_DELIMITER, Problem
 from exprl.models import prompt_text
-from exprl.models.generation import sample
+from exprl.models.generation import DecodeStats, sample_with_stats, stream_seed
 from exprl.rewards.base import RewardSource, Rollout
 from exprl.train.config import TrainConfig
 
 
 @dataclass
-class Rollouts:
-    """The G responses of each of a rank's prompts, prompt-major (rollout i belongs to prompt i // G)."""
+class RolloutGroups:
+    """A rank's rollouts of one step, column by column: the G responses of each of its prompts,
+    prompt-major (rollout i belongs to prompt i // G).
+
+    A reward scores each of them as one `exprl.rewards.Rollout` (problem, response text); the
+    trainer turns them into `exprl.batching.TrainingBatch` tensors for the loss.
+    """
 
     problems: list[Problem]  # one per rollout
     prompt_ids: list[Tensor]  # int64 (P_i,)
@@ -38,30 +43,27 @@ class Rollouts:
         return len(self.texts)
 
 
-def sample_seed(seed: int, step: int, prompt_index: int) -> int:
-    """A 63-bit generator seed for one prompt's G samples at `step` (stable across processes)."""
-    digest = hashlib.sha256(f"exprl-rollout:{seed}:{step}:{prompt_index}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
-
-
 @contextlib.contextmanager
 def generation_mode(engine, gather_parameters: bool) -> Iterator[torch.nn.Module]:
-    """The policy module, ready for `generate` under ZeRO-3.
+    """The policy module, ready for sampling under ZeRO-3.
 
-    gather_parameters=True gathers every parameter once (and lifts ZeRO's per-module fetch hooks) for the
-    whole rollout, so decoding is not an all-gather per token; False leaves the parameters sharded and
-    relies on `generate(synced_gpus=True)` (transformers turns it on under ZeRO-3 with several ranks).
+    gather_parameters=True gathers every parameter once per step (and lifts ZeRO's per-module fetch hooks)
+    for the whole rollout, so decoding is not an all-gather per token; the gathered copy is released when
+    the block ends, before scoring and training. It costs a whole copy of the model per GPU: False leaves
+    the parameters sharded, and the sampler then steps all ranks together (each forward is a collective),
+    as transformers' `synced_gpus` does.
     """
     if gather_parameters:
         from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
 
-        with unwrap_model_for_generation(engine) as module:
-            yield module
+        with unwrap_model_for_generation(engine) as unwrapped:
+            yield unwrapped.module  # the Hugging Face model, its parameters whole until the block ends
     else:
         from transformers.integrations import HfDeepSpeedConfig
 
-        # transformers turns on synced_gpus while a HfDeepSpeedConfig with ZeRO-3 is alive (a weak
-        # reference): keep one for this rollout only, so rank 0 alone can still generate for evaluation
+        # the sampler (like transformers' synced_gpus) sees ZeRO-3 while a HfDeepSpeedConfig with stage 3
+        # is alive (a weak reference): keep one for this rollout only, so rank 0 alone can still generate
+        # for evaluation
         marker = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}})
         try:
             yield engine.module
@@ -71,32 +73,39 @@ def generation_mode(engine, gather_parameters: bool) -> Iterator[torch.nn.Module
 
 def generate(
     engine, tokenizer, problems: Sequence[Problem], global_indices: Sequence[int], cfg: TrainConfig, step: int
-) -> Rollouts:
-    """G samples for each problem (temperature, top-p, max new tokens, stop at eos)."""
+) -> tuple[RolloutGroups, DecodeStats]:
+    """G samples for each problem (temperature, top-p, max new tokens, stop at eos) in one batched decode,
+    and what it cost. Sample j of the prompt with global index i draws from the random stream of
+    (run seed, step, i, j) only."""
     r = cfg.rollout
-    out = Rollouts([], [], [], [], [])
     with generation_mode(engine, r.gather_parameters) as model:
-        for problem, index in zip(problems, global_indices, strict=True):
-            samples = sample(
-                model,
-                tokenizer,
-                [prompt_text(problem, tokenizer, cfg.model.chat_template, cfg.rollout.system_prompt)],
-                r.group_size,
-                max_new_tokens=r.max_new_tokens,
-                temperature=r.temperature,
-                top_p=r.top_p,
-                generator_seed=sample_seed(cfg.seed, step, index),
-            )
-            for s in samples:
-                out.problems.append(problem)
-                out.prompt_ids.append(s.prompt_ids)
-                out.response_ids.append(s.response_ids)
-                out.texts.append(s.text)
-                out.truncated.append(s.truncated)
-    return out
+        samples, stats = sample_with_stats(
+            model,
+            tokenizer,
+            [
+                prompt_text(problem, tokenizer, cfg.model.chat_template, r.system_prompt)
+                for problem in problems
+            ],
+            r.group_size,
+            max_new_tokens=r.max_new_tokens,
+            temperature=r.temperature,
+            top_p=r.top_p,
+            prompt_seeds=[stream_seed(cfg.seed, step, index) for index in global_indices],
+            compile_decoding=r.compile_decoding,
+        )
+    out = RolloutGroups(
+        problems=[problems[s.prompt_index] for s in samples],
+        prompt_ids=[s.prompt_ids for s in samples],
+        response_ids=[s.response_ids for s in samples],
+        texts=[s.text for s in samples],
+        truncated=[s.truncated for s in samples],
+    )
+    return out, stats
 
 
-def score(rollouts: Rollouts, judge: RewardSource, verifier: RewardSource, truncation: str = "zero") -> None:
+def score(
+    rollouts: RolloutGroups, judge: RewardSource, verifier: RewardSource, truncation: str = "zero"
+) -> None:
     """Fill `rollouts.scores` (judge) and `rollouts.correct` (sparse verifier) in place.
 
     Contract (docs/design.md §1): a truncated rollout gets reward 0 (truncation "zero"; "keep", Stage II
