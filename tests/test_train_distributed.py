@@ -200,7 +200,8 @@ def test_judge_on_the_reference_engine_under_two_rank_zero3(tmp_path):
     """reward.judge_model: reference grades with the trainer's frozen ZeRO-3 reference, its parameters
     gathered while scoring: on 2 ranks the judge's grades equal those of a 1-rank run whose hf judge
     loads its own copy of the same model. The model (policy, reference and judge) answers every prompt
-    with "Score: 4", so each graded response earns (4 - 1) / 4 only if the judge's weights were whole."""
+    with "Score: 4" (the responses of step 1 all earn (4 - 1) / 4; later an odd response can make it
+    ramble, unparsable, and be dropped), which it does only if the judge's weights were whole."""
     from rewards_tiny_model import save_tiny_llama
 
     grader = save_tiny_llama(tmp_path / "grader", says="Score: 4")
@@ -222,7 +223,7 @@ def test_judge_on_the_reference_engine_under_two_rank_zero3(tmp_path):
         "algo.kl_coef=0",
         "optim.lr=1e-6",
     ]
-    options = "max_new_tokens: 16, batch_size: 8"
+    options = "max_new_tokens: 16, batch_size: 1"  # one prompt per generate call: no padding differences
     own = load_config(None, [*common, "name=own", f"reward.options={{path: '{grader}', {options}}}"])
     single = read_records(run(own))
     cfg = load_config(
@@ -234,6 +235,7 @@ def test_judge_on_the_reference_engine_under_two_rank_zero3(tmp_path):
     save_config(cfg, path)
     shared = launch_two_ranks(path, 29563, tmp_path / "shared")
     assert len(shared) == len(single) == 2
-    for a, b in zip(single, shared, strict=True):
-        assert b["dropped_rollouts"] == a["dropped_rollouts"] == 0
-        assert b["reward/judge"] == pytest.approx(a["reward/judge"]) == pytest.approx(0.75)
+    for a, b in zip(single, shared, strict=True):  # the same grades, and so the same responses dropped
+        assert b["dropped_rollouts"] == a["dropped_rollouts"]
+        assert b["reward/judge"] == pytest.approx(a["reward/judge"])
+    assert shared[0]["dropped_rollouts"] == 0 and shared[0]["reward/judge"] == pytest.approx(0.75)
