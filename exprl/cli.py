@@ -3,6 +3,8 @@
 import importlib
 import sys
 
+from exprl.errors import run_command
+
 # sub-command -> (module, function, one-line help); the function takes argv and returns an exit code.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("exprl.train.cli", "main", "ExpRL or sparse GRPO (no arguments: the embedded default)"),
@@ -18,6 +20,7 @@ def _usage() -> str:
     lines = ["usage: exprl <command> [options]", "", "commands:"]
     lines += [f"  {name:<12} {help_}" for name, (_, _, help_) in COMMANDS.items()]
     lines += ["", "`exprl <command> --help` describes a command's options."]
+    lines += ["An error is one line on stderr (exit status 2); add --debug to see its traceback."]
     return "\n".join(lines)
 
 
@@ -31,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"exprl: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module, function, _ = COMMANDS[name]
-    return int(getattr(importlib.import_module(module), function)(rest) or 0)
+    return run_command(f"exprl {name}", getattr(importlib.import_module(module), function), rest)
 
 
 if __name__ == "__main__":

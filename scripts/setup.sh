@@ -4,14 +4,14 @@
 # reinstalls what changed. Needs nothing but Python 3.11+.
 #   EXPRL_PYTHON   interpreter that creates the venv (default: python3)
 #   EXPRL_TORCH    torch requirement installed first (default: torch==2.13.0, a CPU build here)
-#   EXPRL_EXTRAS   extras to install (default: dev,serving)
+#   EXPRL_EXTRAS   extras to install (default: dev,serving,trl)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 venv=${EXPRL_VENV:-$root/.venv}
 python=${EXPRL_PYTHON:-python3}
 torch_req=${EXPRL_TORCH:-torch==2.13.0}
-extras=${EXPRL_EXTRAS:-dev,serving}
+extras=${EXPRL_EXTRAS:-dev,serving,trl}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 if [ ! -x "$venv/bin/python" ]; then

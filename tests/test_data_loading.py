@@ -90,3 +90,16 @@ def test_unreadable_sources_are_named(tmp_path):
         load_problems(str(garbage))
     with pytest.raises(TypeError, match="source"):
         load_problems(3)
+
+
+def test_non_utf8_bytes_name_the_file_and_line(tmp_path):
+    path = tmp_path / "b.jsonl"
+    path.write_bytes(b'{"problem": "ok", "answer": "1"}\n{"problem":"x\xff","answer":"2"}\n')
+    with pytest.raises(ValueError, match=r"b\.jsonl:2: not valid UTF-8 \(byte 0xff at column 14\)"):
+        load_problems(str(path))
+
+
+def test_problems_remember_the_line_they_came_from(tmp_path):
+    path = tmp_path / "mine.jsonl"
+    path.write_text('\n{"problem": "a", "answer": "1"}\n{"problem": "b", "answer": "2"}\n')
+    assert [p.origin for p in load_problems(str(path))] == [f"{path}:2", f"{path}:3"]

@@ -163,3 +163,10 @@ def test_scoring_in_single_rows_when_logits_would_be_large(monkeypatch):
     single = evaluate(model, tokenizer, problems(2, 1), **kwargs)
     assert single.splits["test"].mean_entropy == pytest.approx(whole.splits["test"].mean_entropy, rel=1e-6)
     assert single.to_dict()["problems"] == whole.to_dict()["problems"]
+
+
+def test_cli_names_the_file_and_line_of_undecodable_problems(tmp_path, capsys):
+    tasks = tmp_path / "b.jsonl"
+    tasks.write_bytes(b'{"problem":"x\xff","answer":"2"}\n')
+    assert eval_main(["--problems", str(tasks), "--no-progress"]) == 2
+    assert f"{tasks}:1: not valid UTF-8" in capsys.readouterr().err

@@ -41,7 +41,7 @@ def test_every_shipped_config_loads_and_validates(path):
 @pytest.mark.parametrize("path", sorted((CONFIGS / "examples").glob("*8gpu.yaml")), ids=lambda p: p.name)
 def test_real_model_examples_split_evenly_over_8_ranks(path):
     cfg = load_config(path)
-    per_rank, accum = batch_layout(cfg, world_size=8, source=str(path))
+    per_rank, accum = batch_layout(cfg, world_size=8)
     assert per_rank * cfg.algo.mini_batches * 8 == cfg.rollout.prompts_per_step * cfg.rollout.group_size
     assert accum * cfg.algo.micro_batch_size == per_rank
     ds = deepspeed_config(cfg, cfg.algo.micro_batch_size, accum, world_size=8)
@@ -113,6 +113,18 @@ def test_bad_override_names_key():
         ("eval:\n  ks: [1, 16]\n", "eval.ks"),
         ("steps: 0\n", "steps"),
         ("deepspeed:\n  config: /nonexistent/ds.json\n", "deepspeed.config"),
+        ("algo:\n  clip_low: 1.5\n", "algo.clip_low: must be in \\[0, 1\\), got 1.5"),
+        ("rollout:\n  group_size: 1\nalgo:\n  micro_batch_size: 4\n", "rollout.group_size: grpo normalises"),
+        (
+            "reward:\n  name: http\n  options: {model: m}\n",
+            "reward.options.base_url: required by reward 'http'",
+        ),
+        ("reward:\n  sparse: python\n", "reward.sparse: 'python' needs options \\(path\\)"),
+        ("algo:\n  clip_high: -0.1\n", "algo.clip_high: must be >= 0"),
+        ("name: ..\n", "name: must be a plain directory name"),
+        ("name: .\n", "name: must be a plain directory name"),
+        ("name: a/b\n", "name: must be a plain directory name"),
+        ("algo:\n  micro_batch_size: 7\n", "each rank holds 64 rollouts per step"),
         ("model: tiny\n", "model"),
         ("- a\n- b\n", "top level"),
     ],
@@ -131,6 +143,34 @@ def test_saved_config_loads_back_equal(tmp_path):
     cfg = load_config(CONFIGS / "exprl_process_tiny.yaml", ["rollout.group_size=4"])
     save_config(cfg, tmp_path / "saved.yaml")
     assert load_config(tmp_path / "saved.yaml") == cfg
+
+
+def test_one_sample_per_prompt_is_fine_for_estimators_without_groups():
+    cfg = load_config(
+        None,
+        [
+            "reward.mode=process",
+            "algo.advantage=process-delta",
+            "rollout.group_size=1",
+            "algo.micro_batch_size=8",
+        ],
+    )
+    assert cfg.rollout.group_size == 1
+
+
+def test_values_from_overrides_are_named_as_overrides(tmp_path):
+    with pytest.raises(ValueError, match=r"^override: algo.clip_low: must be in \[0, 1\)"):
+        load_config(write(tmp_path, "steps: 3\n"), ["algo.clip_low=1.5"])
+
+
+def test_the_launchers_world_size_is_checked_when_the_config_loads(tmp_path, monkeypatch):
+    path = write(tmp_path, "rollout:\n  prompts_per_step: 6\n")
+    load_config(path)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(
+        ValueError, match=r"c\.yaml: rollout.prompts_per_step=6 must be a multiple of the world size 4"
+    ):
+        load_config(path)
 
 
 def test_batch_layout_rejects_uneven_splits():

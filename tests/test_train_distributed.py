@@ -122,20 +122,6 @@ def launcher() -> list[str]:
     return [exe]
 
 
-def launch_two_ranks(config: pathlib.Path, port: int, run_dir: pathlib.Path) -> list[dict]:
-    """`deepspeed --num_gpus 2 --module exprl.train --config config` on CPU; the run's metric records."""
-    result = subprocess.run(
-        [*launcher(), "--num_gpus", "2", "--master_port", str(port), "--module", "exprl.train"]
-        + ["--config", str(config)],
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return read_records(run_dir)
-
-
 # The toy reward, also writing every response it grades, with its problem, to $EXPRL_TEST_RESPONSES/rank<R>.
 RECORDING_REWARD = (
     DIGIT_REWARD
@@ -180,7 +166,25 @@ def test_two_ranks_match_one_rank(toy, tmp_path, monkeypatch):
     path = toy_config_file(
         toy, tmp_path, "two", *common, "algo.micro_batch_size=4", "rollout.gather_parameters=false"
     )
-    double = launch_two_ranks(path, 29561, tmp_path / "two")
+    result = subprocess.run(
+        [
+            *launcher(),
+            "--num_gpus",
+            "2",
+            "--master_port",
+            "29561",
+            "--module",
+            "exprl.train",
+            "--config",
+            str(path),
+        ],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    double = read_records(tmp_path / "two")
     assert yaml.safe_load((tmp_path / "two" / "config.yaml").read_text())["algo"]["micro_batch_size"] == 4
     assert len(double) == len(single) == 3
     for a, b in zip(single, double, strict=True):
@@ -193,6 +197,64 @@ def test_two_ranks_match_one_rank(toy, tmp_path, monkeypatch):
     for step in range(3):
         halves = first[16 * step : 16 * (step + 1)] + second[16 * step : 16 * (step + 1)]
         assert one[32 * step : 32 * (step + 1)] == halves, step
+
+
+TWO_RANKS = [
+    "steps=3",
+    "checkpoint_every=0",
+    "algo.kl_coef=0.01",
+    "algo.entropy_coef=0.01",
+    "algo.micro_batch_size=4",
+    "rollout.gather_parameters=false",
+]
+
+
+def launch(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*launcher(), *args], env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def finish(child: subprocess.Popen) -> None:
+    output, _ = child.communicate(timeout=400)
+    assert child.returncode == 0, output[-3000:]
+
+
+@pytest.mark.slow
+def test_two_nodes_match_two_ranks(toy, tmp_path):
+    """Two machines of one rank each, as a user launches them with a hostfile and no ssh (here both on
+    localhost): the same 2-rank world, so every per-step metric equals the 1-node x 2-rank run's."""
+    two_ranks = toy_config_file(toy, tmp_path, "two", *TWO_RANKS)
+    finish(
+        launch(
+            "--num_gpus", "2", "--master_port", "29565", "--module", "exprl.train", "--config", str(two_ranks)
+        )
+    )
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node-a slots=1\nnode-b slots=1\n")
+    path = toy_config_file(toy, tmp_path, "nodes", *TWO_RANKS)
+    nodes = [
+        launch(
+            "--hostfile",
+            str(hostfile),
+            "--no_ssh",
+            f"--node_rank={rank}",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            "29563",
+            "--module",
+            "exprl.train",
+            "--config",
+            str(path),
+        )
+        for rank in (0, 1)
+    ]
+    for node in nodes:
+        finish(node)
+    records, reference = read_records(tmp_path / "nodes"), read_records(tmp_path / "two")
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert [deterministic(r) for r in records] == [deterministic(r) for r in reference]
 
 
 @pytest.mark.slow
@@ -233,7 +295,10 @@ def test_judge_on_the_reference_engine_under_two_rank_zero3(tmp_path):
     )
     path = tmp_path / "shared.yaml"
     save_config(cfg, path)
-    shared = launch_two_ranks(path, 29563, tmp_path / "shared")
+    finish(
+        launch("--num_gpus", "2", "--master_port", "29567", "--module", "exprl.train", "--config", str(path))
+    )
+    shared = read_records(tmp_path / "shared")
     assert len(shared) == len(single) == 2
     for a, b in zip(single, shared, strict=True):  # the same grades, and so the same responses dropped
         assert b["dropped_rollouts"] == a["dropped_rollouts"]

@@ -47,7 +47,7 @@ def test_an_estimator_registered_in_one_place_trains(tiny_models, tmp_path, monk
     monkeypatch.setattr(advantages, "ADVANTAGES", dict(advantages.ADVANTAGES))  # unregistered afterwards
     calls = []
 
-    @advantages.register("rloo")
+    @advantages.register("rloo", needs_groups=True)
     def leave_one_out(scores, group_size, *, response_lengths, token_segment_ids, scale):
         """RLOO: each rollout's reward minus the mean reward of the other G-1 rollouts of its prompt."""
         calls.append(token_segment_ids)

@@ -1,5 +1,9 @@
 """Bad input never hangs: a clear error naming what is wrong, or a dropped rollout where the contract says."""
 
+import json
+import pathlib
+import re
+
 import pytest
 import torch
 from train_helpers import read_records, tiny_config
@@ -21,6 +25,16 @@ def test_missing_model_path_names_the_key(tmp_path):
         run(cfg)
 
 
+def test_a_reward_that_cannot_be_built_fails_before_the_model_loads(tmp_path):
+    cfg = tiny_config(
+        tmp_path / "no-such-model", tmp_path, "reward.name=python", "reward.options={path: 'no.py:f'}"
+    )
+    with pytest.raises(
+        FileNotFoundError, match=r"^<defaults>: reward.options of 'python': reward function file"
+    ):
+        run(cfg)
+
+
 def test_unreadable_data_line_names_file_and_line(model, tmp_path):
     data = tmp_path / "bad.jsonl"
     data.write_text('{"problem": "Q: 1+1\\nA: ", "answer": "2"}\n{"problem": oops\n')
@@ -36,13 +50,31 @@ def test_too_few_training_problems(model, tmp_path):
 
 
 @pytest.mark.slow
-def test_ungraded_rollouts_are_dropped_and_the_run_goes_on(model, tmp_path):
+def test_ungraded_rollouts_are_dropped_counted_and_the_run_goes_on(model, tmp_path, capfd):
     reward = tmp_path / "judge.py"
-    reward.write_text("def never(problem, response):\n    return None\n")
-    cfg = tiny_config(model, tmp_path, "reward.name=python", f"reward.options={{path: '{reward}:never'}}")
+    # every other call is ungraded: 4 of the 8 rollouts of each step (one worker serves the whole run)
+    reward.write_text(
+        "calls = [0]\ndef half(problem, response):\n    calls[0] += 1\n    return calls[0] % 2 or None\n"
+    )
+    cfg = tiny_config(
+        model,
+        tmp_path,
+        "reward.name=python",
+        f"reward.options={{path: '{reward}:half'}}",
+        "reward.warn_drop_rate=0.25",
+    )
     records = read_records(run(cfg))
-    assert [r["dropped_rollouts"] for r in records] == [8.0, 8.0]  # 2 prompts x 4 samples, every step
-    assert all(r["loss"] == 0.0 and r["grad_norm"] == 0.0 for r in records)  # nothing left to learn from
+    assert [r["dropped_rollouts"] for r in records] == [4.0, 4.0]
+    assert [r["dropped/ungraded"] for r in records] == [4.0, 4.0]
+    assert [r["dropped/timeout"] for r in records] == [0.0, 0.0]
+    warnings = [line for line in capfd.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1  # once, although both steps pass the rate
+    assert re.fullmatch(
+        r"warning: step 1: reward 'python' dropped 4 of 8 rollouts \(ungraded 4\); first failure: reward "
+        rf"function '{re.escape(str(reward))}:half' returned None on problem '[^']+' "
+        r"\(reward.warn_drop_rate=0.25\)",
+        warnings[0],
+    ), warnings
 
 
 @pytest.mark.slow
@@ -103,14 +135,39 @@ def test_micro_batches_mask_dropped_rollouts_and_place_advantages():
     assert (mb.advantages[~mb.batch.response_mask] == 0).all()
 
 
-def test_latest_ignores_incomplete_checkpoints(tmp_path):
-    assert checkpoint.latest(tmp_path) is None
-    (tmp_path / "step_000002").mkdir()
-    (tmp_path / "step_000002" / "trainer_state.json").write_text("{}")
-    (tmp_path / "latest").write_text("step_000002")
-    assert checkpoint.latest(tmp_path) == "step_000002"
-    (tmp_path / "latest").write_text("step_000004")  # names a tag that never completed
-    assert checkpoint.latest(tmp_path) is None
+def fake_checkpoint(ckpt_dir, step: int) -> pathlib.Path:
+    directory = ckpt_dir / checkpoint.tag_for(step)
+    directory.mkdir(parents=True)
+    (directory / "trainer_state.json").write_text(json.dumps({"step": step}))
+    (directory / "model_states.pt").write_bytes(bytes(range(256)) * 4)
+    checkpoint.write_manifest(directory)
+    return directory
+
+
+def test_resume_takes_the_newest_intact_checkpoint_and_says_why(tmp_path):
+    assert checkpoint.newest_intact(tmp_path) == (None, [])
+    for step in (1, 2, 3, 4):
+        fake_checkpoint(tmp_path, step)
+    (tmp_path / "latest").write_text("step_000005")  # names a checkpoint that is gone
+    (tmp_path / "tmp-step_000006").mkdir()  # a save that never finished
+    (tmp_path / "step_000004" / "model_states.pt").write_bytes(b"x" * 100)  # truncated
+    (tmp_path / "step_000003" / "trainer_state.json").write_text('{"step": 4}')  # same size, changed
+    tag, passed_over = checkpoint.newest_intact(tmp_path)
+    changed = tmp_path / "step_000003" / "trainer_state.json"
+    assert tag == "step_000002"
+    assert passed_over == [
+        f"step_000005: {tmp_path / 'step_000005'} is missing (named by {tmp_path / 'latest'})",
+        f"step_000004: {tmp_path / 'step_000004' / 'model_states.pt'} holds 100 bytes, 1024 were written",
+        f"step_000003: {changed} differs from what was written (sha256)",
+    ]
+
+
+def test_a_checkpoint_without_its_manifest_is_not_intact(tmp_path):
+    (fake_checkpoint(tmp_path, 1) / "manifest.json").unlink()
+    assert checkpoint.newest_intact(tmp_path) == (
+        None,
+        [f"step_000001: {tmp_path / 'step_000001' / 'manifest.json'} is missing"],
+    )
 
 
 def test_score_keeps_a_truncated_reward_when_told():

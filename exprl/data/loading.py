@@ -54,11 +54,18 @@ def _load_builtin(spec: str, default_seed: int) -> list[Problem]:
 
 def _load_jsonl(path: Path) -> list[Problem]:
     problems = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                bad = raw[err.start : err.start + 1].hex()
+                raise ValueError(
+                    f"{where}: not valid UTF-8 (byte 0x{bad} at column {err.start + 1})"
+                ) from None
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
@@ -111,4 +118,5 @@ def _to_problem(record: Any, where: str, default_id: str) -> Problem:
         steps=parse_reference_steps(reference),
         level=level,
         split=split,
+        origin=where,
     )

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import torch
-
 
 def step_prompts(n_problems: int, prompts_per_step: int, step: int, seed: int, shuffle: bool) -> list[int]:
     """Indices into the training problems for `step`: a seeded permutation per epoch, consumed in order
     (the data position is just the step, so a resumed run continues exactly)."""
+    import torch  # here, not at import: a reward worker reads Problems without paying for torch
+
     out = []
     for position in range(step * prompts_per_step, (step + 1) * prompts_per_step):
         epoch, offset = divmod(position, n_problems)

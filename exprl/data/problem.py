@@ -1,6 +1,6 @@
 """The unit of work of every stream: one problem with its hidden reference solution."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Separates the steps of a solution: the segments process judges grade (docs/design.md §1).
 SEGMENT_DELIMITER = "###"
@@ -23,6 +23,8 @@ class Problem:
     family: str = "custom"
     level: int = 0
     split: str = "train"
+    # where it was read ("file.jsonl:12", "file.parquet: row 3"), for error messages; not compared
+    origin: str = field(default="", compare=False)
 
 
 def format_reference(steps: tuple[str, ...], answer: str) -> str:

@@ -9,7 +9,14 @@ A new source is a class decorated with `@register` in a module of this package (
 
 from exprl.rewards.answers import extract_answer
 from exprl.rewards.base import RewardSource, Rollout
-from exprl.rewards.registry import build_reward, is_judge, register, reward_names, reward_options
+from exprl.rewards.registry import (
+    build_reward,
+    is_judge,
+    register,
+    required_options,
+    reward_names,
+    reward_options,
+)
 from exprl.rewards.segments import split_segments, token_segment_ids
 
 __all__ = [
@@ -18,6 +25,7 @@ __all__ = [
     "build_reward",
     "is_judge",
     "register",
+    "required_options",
     "reward_names",
     "reward_options",
     "extract_answer",

@@ -30,6 +30,8 @@ class RewardSource(Protocol):
     a list of floats in [0, 1] (one per segment of `split_segments(response, delimiter)`) when
     `granularity == "segment"`, or None when the rollout could not be graded (the trainer drops it).
     `counters` accumulates, over the source's lifetime, why grades were missing (e.g. "unparsed").
+    Optional: `informational_counters` names the counters that are not a cause of a missing grade
+    (e.g. "requests"), and `first_failure` describes the first missing grade (e.g. the URL and status).
     """
 
     name: str

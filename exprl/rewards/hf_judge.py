@@ -78,6 +78,8 @@ class HFJudge(ModelJudge):
             for p in prompts
         ]
         self.counters["too_long"] += fits.count(False)
+        if not all(fits) and self.first_failure is None:
+            self.first_failure = f"a judge prompt is longer than max_prompt_tokens={self.max_prompt_tokens}"
         sendable = [p for p, ok in zip(prompts, fits, strict=True) if ok]
         samples = sample(
             self.model,

@@ -36,6 +36,7 @@ class HTTPJudge(ModelJudge):
     """
 
     name = "http"
+    informational_counters = (*ModelJudge.informational_counters, "cache_hit", "retries")
 
     def __init__(
         self,
@@ -99,7 +100,15 @@ class HTTPJudge(ModelJudge):
         }
 
     def _post(self, body: dict) -> tuple[str | None, str | None, int]:
-        """(completion, failure counter name, retries used) for one request, retrying what may recover."""
+        """(completion, failure counter name, retries used) for one request, retrying what may recover.
+        The first failure of the judge's lifetime is described in `first_failure` (URL, status)."""
+        completion, failure, attempts, detail = self._attempts(body)
+        if failure is not None and self.first_failure is None:
+            self.first_failure = f"POST {self.url}: {detail}"
+        return completion, failure, attempts
+
+    def _attempts(self, body: dict) -> tuple[str | None, str | None, int, str]:
+        """`_post`'s result and a description of its last failure."""
         session = getattr(self._local, "session", None) or requests.Session()
         self._local.session = session
         headers = (
@@ -107,29 +116,32 @@ class HTTPJudge(ModelJudge):
             if os.environ.get(self.api_key_env)
             else {}
         )
-        failure = None
+        failure, detail = None, ""
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
             try:
                 response = session.post(self.url, json=body, headers=headers, timeout=self.timeout_s)
             except requests.Timeout:
-                failure = "timeout"
+                failure, detail = "timeout", f"no answer within timeout_s={self.timeout_s:g} s"
                 continue
-            except requests.ConnectionError:
-                failure = "connection_error"
+            except requests.ConnectionError as error:
+                failure, detail = "connection_error", f"cannot connect ({type(error).__name__}: {error})"
                 continue
+            status = f"HTTP {response.status_code}: {response.text[:200]!r}"
             if response.status_code in _RETRYABLE_STATUS:
-                failure = "server_error"
+                failure, detail = "server_error", status
                 continue
             if response.status_code != 200:
-                return None, "server_error", attempt
+                return None, "server_error", attempt, status
             try:
                 content = response.json()["choices"][0]["message"]["content"]
             except (ValueError, KeyError, IndexError, TypeError):
-                return None, "bad_response", attempt
-            return (content, None, attempt) if isinstance(content, str) else (None, "bad_response", attempt)
-        return None, failure, self.retries
+                content = None
+            if not isinstance(content, str):
+                return None, "bad_response", attempt, f"no choices[0].message.content in {status}"
+            return content, None, attempt, ""
+        return None, failure, self.retries, f"{detail} (after {self.retries} retries)"
 
     def complete(self, conversations: Sequence[Messages]) -> list[str | None]:
         bodies = [self._body(messages) for messages in conversations]

@@ -57,12 +57,15 @@ class ModelJudge(Judge):
     """
 
     name = "model"
+    # "ungraded" totals the rollouts that a cause (unparsed, a backend failure) left without a grade
+    informational_counters: tuple[str, ...] = ("requests", "ungraded")
 
     def __init__(
         self, mode: str = "outcome", delimiter: str = SEGMENT_DELIMITER, process_context: str = "segment"
     ) -> None:
         super().__init__(mode, delimiter, process_context)
         self.counters.update({"requests": 0, "unparsed": 0, "ungraded": 0})
+        self.first_failure: str | None = None
 
     def complete(self, conversations: Sequence[Messages]) -> list[str | None]:
         raise NotImplementedError
@@ -101,7 +104,11 @@ class ModelJudge(Judge):
                     continue
                 output = next(outputs)
                 grade = None if output is None else parse_score(output)
-                self.counters["unparsed"] += output is not None and grade is None
+                if output is not None and grade is None:
+                    self.counters["unparsed"] += 1
+                    self.first_failure = (
+                        self.first_failure or f"no 'Score: k' in the judge's output {output[:200]!r}"
+                    )
                 grades.append(grade)
             if None in grades:
                 self.counters["ungraded"] += 1

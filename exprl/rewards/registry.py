@@ -70,13 +70,26 @@ def reward_options(name: str) -> list[str]:
     return [p for p in inspect.signature(reward_class(name)).parameters if p != "self"]
 
 
-def build_reward(name: str, **options) -> RewardSource:
+def required_options(name: str) -> list[str]:
+    """The constructor arguments of reward `name` that have no default."""
+    params = inspect.signature(reward_class(name)).parameters.values()
+    return [p.name for p in params if p.name != "self" and p.default is p.empty]
+
+
+def build_reward(name: str, *, call_timeout_s: float | None = None, **options) -> RewardSource:
     """The reward source `name` built with `options` (its constructor's keyword arguments).
 
-    Unknown names and options raise, listing what is accepted.
+    With `call_timeout_s`, a reward whose class sets `may_hang = True` (it runs code that may never
+    return) scores each rollout in a worker process that is killed after that many seconds
+    (`exprl.rewards.isolated.IsolatedReward`). Unknown names and options raise, listing what is accepted.
     """
     accepted = reward_options(name)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise TypeError(f"reward {name!r} takes no option(s) {unknown}; it takes {accepted}")
-    return reward_class(name)(**options)
+    cls = reward_class(name)
+    if call_timeout_s is not None and getattr(cls, "may_hang", False):
+        from exprl.rewards.isolated import IsolatedReward
+
+        return IsolatedReward(name, options, call_timeout_s)
+    return cls(**options)

@@ -8,7 +8,10 @@ decoded text of the tokens before i".
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where tokens are handled: a reward worker starts without it
+    import torch
 
 from exprl.data import SEGMENT_DELIMITER
 
@@ -42,6 +45,8 @@ def token_segment_ids(
 
     Cost: O(D log R) prefix decodes (a binary search per delimiter), not one decode per token.
     """
+    import torch
+
     _check_delimiter(delimiter)
     if not isinstance(response_ids, torch.Tensor) or response_ids.dim() != 1:
         raise ValueError("response_ids must be a 1-D LongTensor")

@@ -40,11 +40,13 @@ class PythonReward:
 
     name = "python"
     granularity = "response"
+    may_hang = True  # user code: the trainer runs it in a worker killed after reward.timeout_s
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.function = load_function(path)
         self.counters: dict[str, int] = {"ungraded": 0}
+        self.first_failure: str | None = None
 
     def score(self, batch: Sequence[Rollout]) -> list[float | None]:
         scores = []
@@ -57,6 +59,9 @@ class PythonReward:
                 ) from error
             if value is None:
                 self.counters["ungraded"] += 1
+                self.first_failure = self.first_failure or (
+                    f"reward function {self.path!r} returned None on problem {rollout.problem.id!r}"
+                )
                 scores.append(None)
                 continue
             if not isinstance(value, numbers.Real):

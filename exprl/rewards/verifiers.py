@@ -50,6 +50,7 @@ class MathVerifier:
 
     name = "math"
     granularity = "response"
+    may_hang = True  # symbolic simplification can run for minutes: the trainer bounds each call
 
     def __init__(self, timeout_s: int = 5) -> None:
         if not isinstance(timeout_s, int) or timeout_s <= 0:

@@ -2,6 +2,7 @@
 
 import sys
 
+from exprl.errors import run_command
 from exprl.train.cli import main
 
-sys.exit(main())
+sys.exit(run_command("exprl train", main, sys.argv[1:]))

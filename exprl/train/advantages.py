@@ -20,7 +20,8 @@ GroupNorm (process-group) deviates from the official code on purpose: the offici
 group's mean of each rollout's token-averaged segment score and divides by nothing; here every segment
 score of the group counts once in the mean and the std divides (`batching.segment_advantages`).
 
-Adding a variant is adding a function with `@register("name")` (`needs_segments=True` when it reads
+Adding a variant is adding a function with `@register("name")` (`needs_groups=True` when it normalises
+within a prompt's group of samples, `needs_segments=True` when it reads
 per-segment scores): config validation and the trainer ask `ADVANTAGES`, there is no other list.
 """
 
@@ -47,6 +48,8 @@ class Estimator:
     # (and `truncated`, with the judge's own scores of truncated rollouts: the estimator applies the
     # length-limit rule itself)
     needs_segments: bool = False
+    # normalises within a prompt's group of samples: with one sample per prompt every advantage is 0
+    needs_groups: bool = False
 
     def __call__(self, *args, **kwargs) -> list[Tensor]:
         return self.fn(*args, **kwargs)
@@ -55,7 +58,9 @@ class Estimator:
 ADVANTAGES: dict[str, Estimator] = {}
 
 
-def register(name: str, *, needs_segments: bool = False) -> Callable[[Callable], Callable]:
+def register(
+    name: str, *, needs_segments: bool = False, needs_groups: bool = False
+) -> Callable[[Callable], Callable]:
     """Decorator: add `fn` to `ADVANTAGES` as `name`; a name registered twice is a ValueError."""
 
     def add(fn: Callable[..., list[Tensor]]) -> Callable[..., list[Tensor]]:
@@ -64,7 +69,7 @@ def register(name: str, *, needs_segments: bool = False) -> Callable[[Callable],
                 f"advantage estimator {name!r} is already registered "
                 f"({ADVANTAGES[name].fn.__module__}.{ADVANTAGES[name].fn.__qualname__})"
             )
-        ADVANTAGES[name] = Estimator(name, fn, needs_segments)
+        ADVANTAGES[name] = Estimator(name, fn, needs_segments, needs_groups)
         return fn
 
     return add
@@ -78,7 +83,7 @@ def get(name: str) -> Estimator:
     return ADVANTAGES[name]
 
 
-@register("grpo")
+@register("grpo", needs_groups=True)
 def grpo(
     scores: Sequence[Score],
     group_size: int,
@@ -156,7 +161,7 @@ def _process(mode: str) -> Callable[..., list[Tensor]]:
 
 register("process-delta", needs_segments=True)(_process("delta"))
 register("process-end", needs_segments=True)(_process("end"))
-register("process-group", needs_segments=True)(_process("group"))
+register("process-group", needs_segments=True, needs_groups=True)(_process("group"))
 
 
 def _check_lengths(scores: Sequence[Score], response_lengths: Sequence[int], group_size: int) -> None:

@@ -10,6 +10,7 @@ aggregations, KL estimators, loss backends) are checked against the registries t
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 import types
 import typing
@@ -24,13 +25,17 @@ from exprl.eval.settings import EvalSettings, check_eval_settings
 from exprl.models import TINY
 from exprl.train import advantages
 
+# field metadata of the keys a resumed run may change: they take effect from the step it resumes at, and
+# the change is recorded in runs/<name>/config_changes.jsonl. Every other key is fixed for a run's life.
+CHANGEABLE = {"changeable_on_resume": True}
+
 
 @dataclass
 class ModelConfig:
     path: str = TINY  # a local Hugging Face directory; "tiny" = the model shipped in exprl/assets
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 where supported
     attn_implementation: str = "auto"  # auto: flash_attention_2 if installed on CUDA, else sdpa
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = field(default=False, metadata=CHANGEABLE)
     chat_template: Literal["auto", "never"] = "auto"  # auto: wrap prompts when the tokenizer has one
 
 
@@ -38,6 +43,8 @@ class ModelConfig:
 class DataConfig:
     train: str = "builtin:all:3:train:256"  # exprl.data.load_problems source
     shuffle: bool = True
+    # a problem whose prompt + rollout.max_new_tokens exceeds the model's positions: error, or skip it
+    skip_too_long: bool = False
 
 
 @dataclass
@@ -55,6 +62,10 @@ class RewardConfig:
     # a correct answer whose response hit the length limit is still rewarded)
     truncation: Literal["zero", "keep"] = "zero"
     sparse: str = "exact"  # the verifier behind the reward/sparse and pass_rate metrics (eval: eval.verifier)
+    # seconds one call of a python reward or a math verifier may take; past it the rollout is dropped
+    timeout_s: float = field(default=60.0, metadata=CHANGEABLE)
+    # warn (once) when a step drops more than this share of its rollouts
+    warn_drop_rate: float = field(default=0.5, metadata=CHANGEABLE)
 
 
 @dataclass
@@ -69,7 +80,7 @@ class RolloutConfig:
     system_prompt: str | None = None
     # ZeRO-3: gather all parameters once per step for sampling (a whole model per GPU, released before
     # training); False = sample from sharded parameters, all ranks in lockstep (less memory, slower)
-    gather_parameters: bool = True
+    gather_parameters: bool = field(default=True, metadata=CHANGEABLE)
     # static KV cache, and on CUDA decode steps compiled with CUDA graphs (full-attention models only;
     # finished rows are not compacted out): see exprl.models.generation.sample_tokens. Not yet run on a
     # GPU (benchmarks/gpu_check.sh trains with it on): off by default
@@ -82,7 +93,8 @@ class AlgoConfig:
     scale: Literal["std", "none"] = "std"  # grpo: divide by the group's std or not
     ppo_epochs: int = 1
     mini_batches: int = 1  # optimizer steps per PPO epoch
-    micro_batch_size: int = 16  # sequences per forward/backward on one rank
+    # sequences per forward/backward on one rank (a memory setting: the gradient does not depend on it)
+    micro_batch_size: int = field(default=16, metadata=CHANGEABLE)
     clip_low: float = 0.2
     clip_high: float = 0.28
     dual_clip: float | None = 3.0
@@ -100,18 +112,18 @@ class AlgoConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-4
+    lr: float = field(default=1e-4, metadata=CHANGEABLE)
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
-    warmup_steps: int = 0
-    grad_clip: float = 1.0
+    warmup_steps: int = field(default=0, metadata=CHANGEABLE)
+    grad_clip: float = field(default=1.0, metadata=CHANGEABLE)
 
 
 @dataclass
 class SFTConfig:
     batch_size: int = 16  # global sequences per optimizer step (steps = the run's `steps`)
-    micro_batch_size: int = 8
+    micro_batch_size: int = field(default=8, metadata=CHANGEABLE)
 
 
 @dataclass
@@ -133,17 +145,21 @@ class TrainConfig:
     """The whole run. Its defaults are the embedded default run (`exprl train` with no arguments):
     ExpRL-Outcome with the rubric judge on the hard level (3) from the shipped tiny model, on CPU."""
 
-    name: str = "exprl-outcome-tiny"
+    name: str = field(default="exprl-outcome-tiny", metadata=CHANGEABLE)  # a plain directory name
     # rl; sft on the references; distill: on-policy self-distillation (the frozen base model, shown the
     # reference solution, is the teacher; per-token advantage logp_teacher - logp_student)
     method: Literal["rl", "sft", "distill"] = "rl"
     seed: int = 0
-    steps: int = 40  # optimizer steps (rl: one rollout batch each; sft: one sft.batch_size batch each)
-    output_dir: str = "runs"
-    checkpoint_every: int = 20  # 0 = only at the end
-    resume: Literal["auto", "never"] = "auto"  # auto: continue from runs/<name>/checkpoints if present
-    export: bool = True  # Hugging Face export of the final policy to runs/<name>/export
-    progress: bool = True
+    # optimizer steps (rl: one rollout batch each; sft: one sft.batch_size batch each)
+    steps: int = field(default=40, metadata=CHANGEABLE)
+    output_dir: str = field(default="runs", metadata=CHANGEABLE)
+    checkpoint_every: int = field(default=20, metadata=CHANGEABLE)  # 0 = only at the end
+    # auto: continue from the newest intact checkpoint of runs/<name>; never: refuse an existing run
+    # unless overwrite is true (then its directory is emptied first)
+    resume: Literal["auto", "never"] = field(default="auto", metadata=CHANGEABLE)
+    overwrite: bool = field(default=False, metadata=CHANGEABLE)
+    export: bool = field(default=True, metadata=CHANGEABLE)  # Hugging Face export to runs/<name>/export
+    progress: bool = field(default=True, metadata=CHANGEABLE)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -151,8 +167,9 @@ class TrainConfig:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata=CHANGEABLE)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    source = "<defaults>"  # not a field: the YAML file `load_config` read, for error messages
 
     @property
     def run_dir(self) -> pathlib.Path:
@@ -167,9 +184,10 @@ def load_config(path: str | pathlib.Path | None, overrides: list[str] | tuple[st
     """
     source = "<defaults>" if path is None else str(path)
     cfg = from_mapping(TrainConfig, {} if path is None else read_yaml(path), source)
+    cfg.source = source
     for item in overrides:
         apply_override(cfg, item)
-    validate(cfg, source)
+    validate(cfg, overridden={item.split("=", 1)[0].strip() for item in overrides})
     return cfg
 
 
@@ -217,14 +235,15 @@ def apply_override(cfg: TrainConfig, item: str) -> None:
             node = getattr(node, part)
 
 
-def validate(cfg: TrainConfig, source: str = "<config>") -> None:
-    """Range and consistency checks that types alone do not express; errors name the key and file."""
+def validate(cfg: TrainConfig, overridden: set[str] | frozenset[str] = frozenset()) -> None:
+    """Range and consistency checks that types alone do not express; errors name the key and where its
+    value came from: "override" for the keys in `overridden`, else the config file (`cfg.source`)."""
 
     def fail(key: str, why: str) -> None:
-        raise ValueError(f"{source}: {key}: {why}")
+        raise ValueError(f"{'override' if key in overridden else cfg.source}: {key}: {why}")
 
-    if not cfg.name or "/" in cfg.name:
-        fail("name", f"must be a non-empty name without '/', got {cfg.name!r}")
+    if cfg.name in ("", ".", "..") or any(c in cfg.name for c in "/\\\0"):
+        fail("name", f"must be a plain directory name (not '.', '..', or a path), got {cfg.name!r}")
     if cfg.steps < 1:
         fail("steps", f"must be >= 1, got {cfg.steps}")
     if cfg.checkpoint_every < 0:
@@ -246,6 +265,10 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
         fail("rollout.temperature", f"must be > 0, got {r.temperature}")
     if not 0 < r.top_p <= 1:
         fail("rollout.top_p", f"must be in (0, 1], got {r.top_p}")
+    if cfg.reward.timeout_s <= 0:
+        fail("reward.timeout_s", f"must be > 0, got {cfg.reward.timeout_s}")
+    if not 0 <= cfg.reward.warn_drop_rate <= 1:
+        fail("reward.warn_drop_rate", f"must be in [0, 1], got {cfg.reward.warn_drop_rate}")
     names = rewards.reward_names()
     for key, name in (("reward.name", cfg.reward.name), ("reward.sparse", cfg.reward.sparse)):
         if name not in names:
@@ -269,6 +292,11 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
         choices = ", ".join(sorted(advantages.ADVANTAGES))
         fail("algo.advantage", f"unknown {a.advantage!r}; choose one of {choices}")
     needs_segments = advantages.get(a.advantage).needs_segments
+    if advantages.get(a.advantage).needs_groups and r.group_size < 2:
+        fail(
+            "rollout.group_size",
+            f"{a.advantage} normalises within each prompt's samples: it needs >= 2, got {r.group_size}",
+        )
     if needs_segments and cfg.reward.mode != "process":
         fail("algo.advantage", f"{a.advantage} needs per-segment scores: set reward.mode: process")
     if not needs_segments and cfg.reward.mode == "process":
@@ -281,8 +309,10 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
     ):
         if value not in choices:
             fail(key, f"unknown {value!r}; choose one of {', '.join(choices)}")
-    if a.clip_low < 0 or a.clip_high < 0:
-        fail("algo.clip_low/clip_high", "must be >= 0")
+    if not 0 <= a.clip_low < 1:  # the ratio's lower bound 1 - clip_low must stay positive
+        fail("algo.clip_low", f"must be in [0, 1), got {a.clip_low}")
+    if a.clip_high < 0:
+        fail("algo.clip_high", f"must be >= 0, got {a.clip_high}")
     if a.dual_clip is not None and a.dual_clip <= 1:
         fail("algo.dual_clip", f"must be > 1 or null, got {a.dual_clip}")
     for key, v in (
@@ -312,6 +342,8 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
     check_eval_settings(cfg.eval, lambda key, why: fail(f"eval.{key}", why))
     if cfg.deepspeed.config is not None and not pathlib.Path(cfg.deepspeed.config).is_file():
         fail("deepspeed.config", f"file not found: {cfg.deepspeed.config}")
+    if cfg.method == "rl":  # the launcher sets WORLD_SIZE: an uneven split fails before a model loads
+        batch_layout(cfg, int(os.environ.get("WORLD_SIZE", "1")))
 
 
 def _check_reward_options(cfg: TrainConfig, fail) -> None:
@@ -326,11 +358,21 @@ def _check_reward_options(cfg: TrainConfig, fail) -> None:
                 f"(it takes: {', '.join(sorted(accepted))}; mode, delimiter and process_context are "
                 "reward.mode, reward.delimiter and reward.process_context)",
             )
+    for key in rewards.required_options(cfg.reward.name):
+        if key not in cfg.reward.options and key not in ("mode", "delimiter"):
+            fail(f"reward.options.{key}", f"required by reward {cfg.reward.name!r}; set it")
+    if rewards.required_options(cfg.reward.sparse):
+        needs = ", ".join(rewards.required_options(cfg.reward.sparse))
+        fail(
+            "reward.sparse",
+            f"{cfg.reward.sparse!r} needs options ({needs}); the verifier is built without any",
+        )
 
 
-def batch_layout(cfg: TrainConfig, world_size: int, source: str = "<config>") -> tuple[int, int]:
+def batch_layout(cfg: TrainConfig, world_size: int) -> tuple[int, int]:
     """(sequences per rank per optimizer step, gradient accumulation steps) for an RL run on `world_size`
-    ranks; ValueError when the rollout batch does not split evenly."""
+    ranks; ValueError naming the config file when the rollout batch does not split evenly."""
+    source = cfg.source
     total = cfg.rollout.prompts_per_step * cfg.rollout.group_size
     if cfg.rollout.prompts_per_step % world_size:
         raise ValueError(
@@ -363,6 +405,58 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def save_config(cfg: TrainConfig, path: str | pathlib.Path) -> None:
     pathlib.Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def changes_on_resume(saved: dict[str, Any], cfg: TrainConfig, where: str) -> dict[str, list[Any]]:
+    """{dotted key: [saved value, new value]} for every key whose value in `cfg` differs from `saved` (the
+    config a checkpoint at `where` ran with, as `to_dict` wrote it). Keys that only one of them has (a
+    newer or older exprl) are no change. A changed key that is not CHANGEABLE is a ValueError listing them
+    all, naming the config file."""
+    new_values = to_dict(cfg)
+    changed: dict[str, list[Any]] = {}
+    for key in _leaf_keys(cfg):
+        old, new = saved, new_values
+        for part in key.split("."):
+            if not isinstance(old, dict) or part not in old:
+                break
+            old, new = old[part], new[part]
+        else:
+            if old != new:
+                changed[key] = [old, new]
+    fixed = [k for k in changed if not _is_changeable(cfg, k)]
+    if fixed:
+        listed = ", ".join(f"{k} ({changed[k][0]!r} -> {changed[k][1]!r})" for k in fixed)
+        raise ValueError(
+            f"{cfg.source}: cannot resume {where} with {listed}: these keys are fixed for a run's life. "
+            "Set them back, or start a new run: another name=, or resume=never overwrite=true"
+        )
+    return changed
+
+
+def _leaf_keys(node: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the fields of a config tree that are not themselves dataclasses."""
+    keys = []
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        keys += (
+            _leaf_keys(value, f"{prefix}{f.name}.") if dataclasses.is_dataclass(value) else [prefix + f.name]
+        )
+    return keys
+
+
+def _is_changeable(cfg: TrainConfig, dotted: str) -> bool:
+    """Whether `dotted` (e.g. "optim.lr", "eval.n") is, or lies under, a CHANGEABLE field."""
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(node):
+            return False
+        spec = {f.name: f for f in dataclasses.fields(node)}.get(part)
+        if spec is None:
+            return False
+        if spec.metadata.get("changeable_on_resume"):
+            return True
+        node = getattr(node, part)
+    return False
 
 
 def _build(cls: type, raw: dict[str, Any], prefix: str, source: str) -> Any:

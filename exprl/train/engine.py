@@ -45,6 +45,17 @@ def init_distributed() -> tuple[int, int]:
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
+def gather_sum(local: dict[str, float]) -> dict[str, float]:
+    """Per-key sums over ranks of a dict of floats whose keys may differ between ranks."""
+    everyone: list[dict[str, float]] = [{} for _ in range(dist.get_world_size())]
+    dist.all_gather_object(everyone, local)
+    out: dict[str, float] = {}
+    for counts in everyone:
+        for key, value in counts.items():
+            out[key] = out.get(key, 0.0) + value
+    return out
+
+
 def global_sum(values: list[float]) -> list[float]:
     """Element-wise sum over ranks of a few floats (one all-reduce, float64 for exact counts)."""
     device = "cuda" if dist.get_backend() == "nccl" else "cpu"
@@ -148,6 +159,20 @@ def deepspeed_config(
         ds.pop("optimizer", None)
         ds.pop("scheduler", None)
     return ds
+
+
+def apply_lr(engine: Any, cfg: TrainConfig) -> None:
+    """Make `optim.lr` and `optim.warmup_steps` of `cfg` the ones in force after a checkpoint restored the
+    optimizer with its saved learning rate: the warmup schedule recomputes the rate at its restored
+    iteration (its peak is `cfg`'s), and without one every parameter group gets `optim.lr`. A user's
+    DeepSpeed JSON (`deepspeed.config`) sets its own rates and is left alone."""
+    if cfg.deepspeed.config is not None:
+        return
+    if engine.lr_scheduler is not None:
+        engine.lr_scheduler.step(engine.lr_scheduler.last_batch_iteration)
+    else:
+        for group in engine.optimizer.param_groups:
+            group["lr"] = cfg.optim.lr
 
 
 def build_engine(model: torch.nn.Module, ds_config: dict[str, Any], trainable: bool = True) -> Any:

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
+import sys
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from exprl.errors import RunError
 from exprl.train.config import TrainConfig
 from exprl.train.metrics import MetricsLogger
 
@@ -29,27 +32,85 @@ def progress(cfg: TrainConfig, start: int, enabled: bool):
 
 
 def begin_run(engine, tokenizer, cfg: TrainConfig, rank: int, state: dict[str, Any]):
-    """Start or resume a run: load the latest checkpoint (`resume: auto`) over the fresh `state`, write
-    config.yaml, drop metrics logged after that checkpoint, evaluate the policy before training once.
+    """Start or resume a run: load the newest intact checkpoint (`resume: auto`) over the fresh `state`,
+    with the changes `cfg` makes to the config it ran with (only CHANGEABLE keys; recorded in
+    config_changes.jsonl from the resumed step on), write config.yaml, drop metrics logged after that
+    checkpoint, evaluate the policy before training once. `resume: never` refuses a directory that holds
+    a run unless `overwrite` is set, which empties it first.
 
     Returns (state, logger, progress bar, whether `state` is the latest saved checkpoint).
     """
     from exprl.train import checkpoint
-    from exprl.train.config import save_config
+    from exprl.train.config import changes_on_resume, save_config, to_dict
+    from exprl.train.engine import apply_lr
 
     run_dir, ckpt_dir = cfg.run_dir, cfg.run_dir / "checkpoints"
-    tag = checkpoint.latest(ckpt_dir) if cfg.resume == "auto" else None
+    if cfg.resume == "never":
+        start_over(run_dir, cfg.overwrite, rank)
+    tag = resume_point(ckpt_dir, rank) if cfg.resume == "auto" else None
+    changes: dict[str, list[Any]] = {}
     if tag is not None:
-        state = checkpoint.load(engine, ckpt_dir, tag)
+        ran_with = checkpoint.trainer_state(ckpt_dir, tag).get("config", {})
+        changes = changes_on_resume(ran_with, cfg, str(ckpt_dir / tag))
+        had_schedule = ran_with.get("optim", {}).get("warmup_steps", 0) > 0
+        state = checkpoint.load(
+            engine, ckpt_dir, tag, load_scheduler=had_schedule and cfg.optim.warmup_steps > 0
+        )
+        apply_lr(engine, cfg)
+    state["config"] = to_dict(cfg)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         truncate_metrics(run_dir / "metrics.jsonl", after_step=state["step"])
+        if changes:
+            with (run_dir / "config_changes.jsonl").open("a") as f:
+                f.write(json.dumps({"from_step": state["step"] + 1, "changes": changes}) + "\n")
     if cfg.eval.enabled and state["eval_before"] is None:
         state["eval_before"] = evaluate_policy(engine, tokenizer, cfg, stage="before")
     logger = make_logger(run_dir, rank)
     bar = progress(cfg, start=state["step"], enabled=rank == 0 and cfg.progress)
     return state, logger, bar, tag is not None
+
+
+def start_over(run_dir: pathlib.Path, overwrite: bool, rank: int) -> None:
+    """For `resume: never`: a run directory that holds a run is emptied when `overwrite`, else RunError."""
+    from exprl.train.lock import LOCK_FILE
+
+    held = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE) if run_dir.is_dir() else []
+    if held and not overwrite:
+        raise RunError(
+            f"{run_dir} holds a run ({', '.join(held)}); resume=never would train over it: give this run "
+            "another name=, or add overwrite=true to replace it"
+        )
+    if held and rank == 0:
+        for name in held:
+            path = run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    if dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def resume_point(ckpt_dir: pathlib.Path, rank: int) -> str | None:
+    """The checkpoint to resume from, chosen on rank 0 for all ranks: the newest intact one, saying which
+    newer ones were passed over and why; None when the run has none. RunError naming the directory when
+    checkpoints exist but none is intact: training from step 0 would overwrite them."""
+    from exprl.train import checkpoint
+
+    choice: list[Any] = [checkpoint.newest_intact(ckpt_dir) if rank == 0 else None]
+    if dist.get_world_size() > 1:
+        dist.broadcast_object_list(choice, src=0)
+    tag, passed_over = choice[0]
+    if tag is None and passed_over:
+        raise RunError(
+            f"{ckpt_dir}: no intact checkpoint to resume from ({'; '.join(passed_over)}); move the run "
+            "directory away, or start over with resume=never overwrite=true"
+        )
+    if passed_over and rank == 0:
+        print(f"resume: {'; '.join(passed_over)}; resuming from {tag} instead", file=sys.stderr, flush=True)
+    return tag
 
 
 def end_step(engine, cfg: TrainConfig, state: dict[str, Any], metrics: dict[str, float], logger, bar) -> bool:
@@ -78,8 +139,18 @@ def end_run(engine, tokenizer, cfg: TrainConfig, state: dict[str, Any], logger, 
 
 
 def postfix(metrics: dict[str, float]) -> dict[str, str]:
-    """The live figures of the progress bar."""
-    return {short: f"{metrics[key]:.3g}" for key, short in POSTFIX_KEYS.items() if key in metrics}
+    """The live figures of the progress bar; when rollouts were dropped, how many and why."""
+    shown = {short: f"{metrics[key]:.3g}" for key, short in POSTFIX_KEYS.items() if key in metrics}
+    if metrics.get("dropped_rollouts"):
+        shown["drop"] = f"{metrics['dropped_rollouts']:g}"
+        shown.update(
+            {
+                k.removeprefix("dropped/"): f"{v:g}"
+                for k, v in metrics.items()
+                if k.startswith("dropped/") and v
+            }
+        )
+    return shown
 
 
 def truncate_metrics(path: pathlib.Path, after_step: int) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -27,12 +28,14 @@ from torch import Tensor
 
 from exprl import batching
 from exprl.data import Problem, load_problems, step_prompts
+from exprl.errors import RunError
 from exprl.kernels import entropy_pg_loss, logprobs_and_entropy
 from exprl.train import advantages, lifecycle, rollout
 from exprl.train.config import TrainConfig, batch_layout
 from exprl.train.engine import (
     build_engine,
     deepspeed_config,
+    gather_sum,
     global_sum,
     init_distributed,
     load_policy,
@@ -46,19 +49,24 @@ def run_rl(cfg: TrainConfig) -> pathlib.Path:
     rank, world = init_distributed()
     seed_everything(cfg.seed)
     problems = load_problems(cfg.data.train, seed=cfg.seed)
+    _, grad_accum = batch_layout(cfg, world)
+    on_reference = cfg.reward.judge_model == "reference"  # the judge is the reference engine, built below
+    # before the model: a bad reward.options fails fast
+    judge, verifier = (None, None) if on_reference else rollout.build_rewards(cfg)
+    model, tokenizer = load_policy(cfg)
+    problems = rollout.fit_context(problems, tokenizer, model.config, cfg, announce=rank == 0)
     if len(problems) < cfg.rollout.prompts_per_step:
         raise ValueError(
-            f"data.train: {cfg.data.train!r} holds {len(problems)} problems, fewer than "
+            f"{cfg.source}: data.train: {cfg.data.train!r} holds {len(problems)} problems, fewer than "
             f"rollout.prompts_per_step={cfg.rollout.prompts_per_step}"
         )
-    _, grad_accum = batch_layout(cfg, world)
-    model, tokenizer = load_policy(cfg)
     engine = build_engine(model, deepspeed_config(cfg, cfg.algo.micro_batch_size, grad_accum, world))
     ref = None
-    if cfg.algo.kl_coef > 0 or cfg.reward.judge_model == "reference" or cfg.method == "distill":
+    if cfg.algo.kl_coef > 0 or on_reference or cfg.method == "distill":
         ref_ds = deepspeed_config(cfg, cfg.algo.micro_batch_size, grad_accum, world, with_optimizer=False)
         ref = build_engine(load_policy(cfg)[0], ref_ds, trainable=False)
-    judge, verifier = rollout.build_rewards(cfg, ref, tokenizer)
+    if on_reference:
+        judge, verifier = rollout.build_rewards(cfg, ref, tokenizer)
 
     state: dict[str, Any] = {
         "step": 0,
@@ -68,8 +76,10 @@ def run_rl(cfg: TrainConfig) -> pathlib.Path:
         "eval_before": None,
     }
     state, logger, bar, saved = lifecycle.begin_run(engine, tokenizer, cfg, rank, state)
-    for step in range(state["step"], cfg.steps):
+    first, warned = state["step"], False
+    for step in range(first, cfg.steps):
         metrics = train_step(engine, ref, tokenizer, judge, verifier, problems, cfg, step, state)
+        warned = check_dropped(metrics, judge, cfg, step, first=step == first, warned=warned)
         saved = lifecycle.end_step(engine, cfg, state, metrics, logger, bar)
     lifecycle.end_run(engine, tokenizer, cfg, state, logger, bar, saved, rank)
     return cfg.run_dir
@@ -101,6 +111,7 @@ def train_step(
         step,
     )
     t1 = time.perf_counter()
+    counters_before = rollout.counter_snapshot(judge, verifier)
     with judge_weights(ref, cfg):
         rollout.score(ro, judge, verifier, cfg.reward.truncation)
     t2 = time.perf_counter()
@@ -119,6 +130,7 @@ def train_step(
         state["entropy_coef"] = controller.update(train_stats["entropy"])  # a global mean: ranks agree
     t3 = time.perf_counter()
     metrics = rollout_metrics(ro, cfg.rollout.group_size, state, length_limited(ro, cfg))
+    metrics.update(gather_sum(rollout.counter_increments(judge, verifier, counters_before)))
     metrics.update(train_stats)
     metrics.update(distill)
     metrics["entropy_coef"] = entropy_coef
@@ -399,3 +411,33 @@ def rollout_metrics(
         "prompts/unsolved_became_solved": float(len(became)),
         "prompts/unsolved_seen": float(len(seen_unsolved)),
     }
+
+
+def check_dropped(
+    metrics: dict[str, float], judge, cfg: TrainConfig, step: int, first: bool, warned: bool
+) -> bool:
+    """Make dropped rollouts visible: a first step (of this invocation) that drops every rollout stops the
+    run with the judge's first failure (a wrong URL, a closed port, a reward that always hangs), and the
+    first step past `reward.warn_drop_rate` prints a warning. Returns whether the warning was printed."""
+    total = cfg.rollout.prompts_per_step * cfg.rollout.group_size
+    dropped = metrics["dropped_rollouts"]
+    if not dropped or warned:  # the first step comes before any warning
+        return warned
+    failures: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(failures, getattr(judge, "first_failure", None))
+    causes = ", ".join(
+        f"{key.removeprefix('dropped/')} {value:g}"
+        for key, value in metrics.items()
+        if key.startswith("dropped/") and value
+    )
+    what = (
+        f"step {step + 1}: reward {cfg.reward.name!r} dropped {dropped:g} of {total} rollouts ({causes}); "
+        f"first failure: {next((f for f in failures if f), 'not described by the reward')}"
+    )
+    if first and dropped == total:
+        raise RunError(what + ". Nothing is left to train on: check reward.name and reward.options")
+    if not warned and dropped / total > cfg.reward.warn_drop_rate:
+        if dist.get_rank() == 0:
+            print(f"warning: {what} (reward.warn_drop_rate={cfg.reward.warn_drop_rate:g})", file=sys.stderr)
+        return True
+    return warned

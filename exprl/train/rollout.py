@@ -43,6 +43,50 @@ class RolloutGroups:
         return len(self.texts)
 
 
+def fit_context(
+    problems: Sequence[Problem],
+    tokenizer,
+    model_config,
+    cfg: TrainConfig,
+    announce: bool = True,
+    with_reference: bool = False,
+) -> list[Problem]:
+    """The problems whose prompt plus `rollout.max_new_tokens` (SFT, `with_reference`: plus the reference
+    solution and eos) fits the model's positions (`max_position_embeddings`; no limit when the model has
+    none). One that does not is a ValueError naming its file, line and the lengths; with
+    `data.skip_too_long` it is left out, and the count of those left out is printed when `announce`."""
+    positions = getattr(model_config, "max_position_embeddings", None)
+    if positions is None:
+        return list(problems)
+    new = 0 if with_reference else cfg.rollout.max_new_tokens
+    if new >= positions:
+        raise ValueError(
+            f"rollout.max_new_tokens={new} leaves no room for a prompt in the model's {positions} positions"
+        )
+    kept, skipped = [], []
+    for problem in problems:
+        length = len(tokenizer(prompt_text(problem, tokenizer, cfg.model.chat_template))["input_ids"])
+        if with_reference:
+            length += len(tokenizer(problem.reference, add_special_tokens=False)["input_ids"]) + 1
+        if length + new <= positions:
+            kept.append(problem)
+            continue
+        where = problem.origin or f"{cfg.data.train} (problem {problem.id})"
+        what = (
+            f"{where}: the prompt and reference solution are {length} tokens, and the model has {positions} "
+            "positions"
+            if with_reference
+            else f"{where}: the prompt is {length} tokens; with rollout.max_new_tokens={new} it needs "
+            f"{length + new} positions, and the model has {positions}"
+        )
+        if not cfg.data.skip_too_long:
+            raise ValueError(what + " (set data.skip_too_long=true to skip such problems)")
+        skipped.append(what)
+    if skipped and announce:
+        print(f"data.skip_too_long: skipped {len(skipped)} of {len(problems)} problems; first: {skipped[0]}")
+    return kept
+
+
 @contextlib.contextmanager
 def generation_mode(engine, gather_parameters: bool) -> Iterator[torch.nn.Module]:
     """The policy module, ready for sampling under ZeRO-3.
@@ -141,10 +185,31 @@ def score(
     rollouts.correct = [0.0 if c is None else float(c) for c in correct]
 
 
+def counter_increments(
+    judge: RewardSource, verifier: RewardSource, before: dict[str, dict[str, int]]
+) -> dict[str, float]:
+    """What the judge's and the verifier's counters grew by since `before` (`counter_snapshot`), on this
+    rank: "dropped/<cause>" for the judge's causes of a missing grade (timeout, server_error, unparsed...),
+    "judge/<name>" for its other counters (`informational_counters`), "verifier/<name>" for the verifier's."""
+    informational = getattr(judge, "informational_counters", ())
+    out = {}
+    for role, source in (("judge", judge), ("verifier", verifier)):
+        for key, n in source.counters.items():
+            name = f"{role}/{key}" if role == "verifier" or key in informational else f"dropped/{key}"
+            out[name] = float(n - before[role].get(key, 0))
+    return out
+
+
+def counter_snapshot(judge: RewardSource, verifier: RewardSource) -> dict[str, dict[str, int]]:
+    return {"judge": dict(judge.counters), "verifier": dict(verifier.counters)}
+
+
 def build_rewards(cfg: TrainConfig, reference=None, tokenizer=None) -> tuple[RewardSource, RewardSource]:
     """(judge, sparse verifier) from `cfg.reward`. Judges get the mode and delimiter; verifiers grade the
-    final answer only. With reward.judge_model "reference" the hf judge gets the frozen `reference`
-    engine's module and the policy's `tokenizer` (score under `generation_mode(reference)`: whole weights)."""
+    final answer only. Rewards that may never return get `reward.timeout_s` per call. An error building
+    the judge names the config file and reward.options. With reward.judge_model "reference" the hf judge
+    gets the frozen `reference` engine's module and the policy's `tokenizer` (score under
+    `generation_mode(reference)`: whole weights)."""
     from exprl.rewards import build_reward, is_judge
 
     options = dict(cfg.reward.options)
@@ -155,4 +220,8 @@ def build_rewards(cfg: TrainConfig, reference=None, tokenizer=None) -> tuple[Rew
     if is_judge(cfg.reward.name):  # judges grade against the reference, per response or per segment
         r = cfg.reward
         options.update(mode=r.mode, delimiter=r.delimiter, process_context=r.process_context)
-    return build_reward(cfg.reward.name, **options), build_reward(cfg.reward.sparse)
+    try:
+        judge = build_reward(cfg.reward.name, call_timeout_s=cfg.reward.timeout_s, **options)
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        raise type(error)(f"{cfg.source}: reward.options of {cfg.reward.name!r}: {error}") from error
+    return judge, build_reward(cfg.reward.sparse, call_timeout_s=cfg.reward.timeout_s)

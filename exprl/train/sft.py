@@ -25,6 +25,7 @@ from exprl.train.engine import (
     load_policy,
     seed_everything,
 )
+from exprl.train.rollout import fit_context
 
 
 def sft_layout(cfg: TrainConfig, world: int) -> tuple[int, int]:
@@ -104,6 +105,7 @@ def run_sft(cfg: TrainConfig) -> pathlib.Path:
     per_rank, grad_accum = sft_layout(cfg, world)
     model, tokenizer = load_policy(cfg)
     problems = load_problems(cfg.data.train, seed=cfg.seed)
+    problems = fit_context(problems, tokenizer, model.config, cfg, announce=rank == 0, with_reference=True)
     examples = sft_examples(problems, tokenizer, cfg)
     if len(examples) < cfg.sft.batch_size:
         raise ValueError(
