@@ -309,8 +309,10 @@ def validate(cfg: TrainConfig, overridden: set[str] | frozenset[str] = frozenset
     ):
         if value not in choices:
             fail(key, f"unknown {value!r}; choose one of {', '.join(choices)}")
-    if not 0 <= a.clip_low < 1:  # the ratio's lower bound 1 - clip_low must stay positive
-        fail("algo.clip_low", f"must be in [0, 1), got {a.clip_low}")
+    # clip_low >= 1 puts the ratio's lower bound 1 - clip_low at or below 0, where the positive ratio never
+    # meets it: no lower clip, as the published Stage II's symmetric epsilon 4
+    if a.clip_low < 0:
+        fail("algo.clip_low", f"must be >= 0, got {a.clip_low}")
     if a.clip_high < 0:
         fail("algo.clip_high", f"must be >= 0, got {a.clip_high}")
     if a.dual_clip is not None and a.dual_clip <= 1:
