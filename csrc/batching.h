@@ -77,9 +77,11 @@ EXPRL_HOST_DEVICE inline void segment_table(const float* scores, const int64_t* 
       double value = 0.0;
       if (t < count) {
         if (mode == kSegmentDelta) {
-          value = static_cast<double>(s[t]) - (t == 0 ? s[count - 1] : s[t - 1]);
+          // a lone segment keeps its score: there is no later segment to compare it with
+          const double before = t > 0 ? s[t - 1] : (count > 1 ? s[count - 1] : 0.0f);
+          value = static_cast<double>(s[t]) - before;
         } else if (mode == kSegmentEnd) {
-          value = t == count - 1 ? s[t] : static_cast<double>(s[t]) - s[count - 1];
+          value = static_cast<double>(s[t]) - s[count - 1];
         } else {
           value = (s[t] - mean) / denominator;
         }

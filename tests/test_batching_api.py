@@ -268,8 +268,22 @@ def test_segment_advantages_delta_and_end_by_hand(backend):
     expected_delta = [[0, 0.25 - 1.0, 0.25 - 1.0, 0.5 - 0.25, 1.0 - 0.5], [0, 0.75 - 0.5, 0.5 - 0.75, 0, 0]]
     torch.testing.assert_close(delta, torch.tensor(expected_delta))
     end = batching.segment_advantages(segment_ids, scores, "end", num_segments=num_segments)
-    expected_end = [[0, 0.25 - 1.0, 0.25 - 1.0, 0.5 - 1.0, 1.0], [0, 0.75 - 0.5, 0.5, 0, 0]]
+    expected_end = [[0, 0.25 - 1.0, 0.25 - 1.0, 0.5 - 1.0, 0.0], [0, 0.75 - 0.5, 0.0, 0, 0]]
     torch.testing.assert_close(end, torch.tensor(expected_end))
+
+
+@pytest.mark.parametrize("mode", ["delta", "end"])
+def test_segment_advantages_edge_cases(backend, mode):
+    # one segment (delta keeps s_1, end gives the last segment 0), a row with no segments, equal scores,
+    # and two segments where the first is the last one's baseline
+    segment_ids = torch.tensor([[0, 0, 0], [-1, -1, -1], [0, 1, 1], [0, 1, -1]])
+    scores = [torch.tensor([0.75]), torch.zeros(0), torch.tensor([0.5, 0.5]), torch.tensor([0.0, 1.0])]
+    adv = batching.segment_advantages(segment_ids, scores, mode)
+    if mode == "delta":
+        expected = [[0.75] * 3, [0.0] * 3, [0.0] * 3, [0.0 - 1.0, 1.0 - 0.0, 0.0]]
+    else:
+        expected = [[0.0] * 3, [0.0] * 3, [0.0] * 3, [0.0 - 1.0, 0.0, 0.0]]
+    torch.testing.assert_close(adv, torch.tensor(expected))
 
 
 def test_segment_advantages_group_normalises_over_the_group(backend):

@@ -160,7 +160,7 @@ def test_runs_every_stage_and_fills_every_cell(setup):
     assert sorted(p.name for p in out.iterdir()) == ["evals", "plots", "report.md", "results.json"]
     assert (tmp_path / "runs" / "grpo" / "stage2" / "DONE.json").is_file()
     assert results["training_curves"]["grpo"]["stage1"]["reward/sparse"][2] == [2, pytest.approx(2.2)]
-    assert results["seeds"] == {"train": 5, "eval": 0}  # EvalSettings.seed by default
+    assert results["seeds"] == {"train": 5, "eval": 0, "all_train": [5]}  # EvalSettings.seed by default
 
 
 def test_resumes_after_an_interruption(setup):
@@ -226,11 +226,11 @@ def test_changed_settings_are_refused_on_resume(setup):
         (lambda d: d["stage1"].update(sft={}), ValueError, r"exp.yaml: stage1.sft.config: missing"),
         (lambda d: d["stage1"].update(sft={"config": "nope.yaml"}), ValueError, r"stage1.sft.config: .*nope"),
         (
-            lambda d: d["stage1"].update(none={"kind": "self-distill"}),
+            lambda d: d["stage1"].update(none={"kind": "rft"}),
             ValueError,
             r"stage1.none: 'none' means",
         ),
-        (lambda d: d["stage2"].update(kind="self-distill"), ValueError, r"stage2.kind: Stage II"),
+        (lambda d: d["stage2"].update(kind="rft"), ValueError, r"stage2.kind: Stage II"),
         (lambda d: d["eval"].update(ks=[1, 9]), ValueError, r"exp.yaml: eval.ks: every k"),
         (lambda d: d["eval"].update(problems=[]), ValueError, r"exp.yaml: eval.problems"),
         (lambda d: d["eval"].update(tasks=[]), ValueError, r"exp.yaml: unknown key 'eval.tasks'"),
@@ -245,3 +245,41 @@ def test_config_errors_name_the_file_and_key(setup, change, error, match):
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(error, match=match):
         load_experiment_config(path)
+
+
+class SeededRunner(FakeRunner):
+    """Stage I gains one skill point more on odd seeds: the seeds disagree."""
+
+    def __call__(self, spec):
+        result = super().__call__(spec)
+        if spec.stage == 1 and spec.seed % 2:
+            skill = skill_of(result.model_dir) + 1
+            (result.model_dir / "skill.txt").write_text(str(skill))
+        return result
+
+
+def test_several_seeds_give_means_with_bootstrap_intervals(setup):
+    tmp_path, data = setup
+    data.update(num_seeds=2, stage1={"grpo": data["stage1"]["grpo"]})
+    runner, evaluator = SeededRunner(), FakeEvaluator()
+    out = run_experiment(parse_config(data), stage_runner=runner, evaluator=evaluator, log=lambda _: None)
+    assert runner.calls == [("grpo", 1), ("grpo", 2)] * 2
+    for seed in (5, 6):
+        assert (tmp_path / "runs" / f"seed{seed}" / "grpo" / "stage2" / "DONE.json").is_file()
+        assert (out / "evals" / f"seed{seed}" / "grpo-stage1.json").is_file()
+    assert len(evaluator.calls) == 1 + 2 * 2  # the base model once
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["seeds"]["all_train"] == [5, 6]
+    # seed 5: skill 1 + 2 = 3, seed 6: 4 after Stage I; problem i of "test" has skill - i correct of N
+    for key, skills in (("grpo-stage1", (3, 4)), ("grpo-stage2", (4, 5))):
+        pass1 = [min(N, max(0, s - i)) / N for s in skills for i in range(4)]
+        never = [float(max(0, s - i) == 0) for s in skills for i in range(4)]
+        mean, low, high = results["intervals"][key]["test pass@1"]
+        assert mean == pytest.approx(sum(pass1) / len(pass1))
+        assert low <= mean <= high and high - low > 0
+        assert results["intervals"][key]["test never_solved"][0] == pytest.approx(sum(never) / len(never))
+    md = (out / "report.md").read_text()
+    header, *rows = table(md, "Across seeds: mean [95% interval]")
+    assert header[:2] == ["method", "stage"] and [r[:2] for r in rows] == [["grpo", "I"], ["grpo", "II"]]
+    assert all(re.fullmatch(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", c) for r in rows for c in r[2:])

@@ -21,6 +21,7 @@ TRAINER_CONFIGS = {
     "grpo.yaml": "reward: {name: exact}\nalgo: {advantage: grpo}\n",
     "outcome.yaml": "reward: {name: rubric, mode: outcome}\nalgo: {advantage: grpo}\n",
     "process.yaml": "reward: {name: rubric, mode: process}\nalgo: {advantage: process-delta}\n",
+    "distill.yaml": "method: distill\nreward: {name: exact}\n",
 }
 
 
@@ -40,7 +41,8 @@ stage1:
   grpo: {{config: {tmp_path / "grpo.yaml"}}}
   exprl-outcome: {{config: {tmp_path / "outcome.yaml"}}}
   exprl-process: {{config: {tmp_path / "process.yaml"}}}
-  self-distill: {{config: {tmp_path / "sft.yaml"}, kind: self-distill}}
+  self-distill: {{config: {tmp_path / "distill.yaml"}}}
+  rft: {{config: {tmp_path / "sft.yaml"}, kind: rft}}
 stage2: {{config: {tmp_path / "grpo.yaml"}}}
 eval: {{problems: ["builtin:all:1:test:3", "builtin:all:1:ood:3"], n: 4, ks: [1, 4], max_new_tokens: 12,
         batch_size: 16}}
@@ -73,15 +75,23 @@ def test_miniature_experiment_end_to_end(tmp_path):
     table = md.split("## pass@k after Stage I and after Stage II\n", 1)[1].strip().split("\n\n")[0]
     header, _, *rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()]
     assert len(header) == 1 + 2 * 2 * 2  # (pass@1, pass@4) x (test, ood) x (Stage I, Stage II)
-    assert [r[0] for r in rows] == ["none", "sft", "grpo", "exprl-outcome", "exprl-process", "self-distill"]
+    assert [r[0] for r in rows] == [
+        "none",
+        "sft",
+        "grpo",
+        "exprl-outcome",
+        "exprl-process",
+        "self-distill",
+        "rft",
+    ]
     for row in rows:
         assert len(row) == len(header) and all(re.fullmatch(r"[01]\.\d{3}", c) for c in row[1:]), row
-    # The random base model never answers correctly: self-distillation has nothing to imitate, keeps the
+    # The random base model never answers correctly: RFT has nothing to imitate, keeps the
     # base model, and the report says so. Every other run logged its 3 optimizer steps.
-    assert (
-        "Budget mismatch**: these runs logged a number of steps other than 3: self-distill stage 1: 0." in md
-    )
-    assert "self-distill stage 1, outside the trainer's metrics: samples 24" in md
+    assert "Budget mismatch**: these runs logged a number of steps other than 3: rft stage 1: 0." in md
+    assert "rft stage 1, outside the trainer's metrics: samples 24" in md
+    across = md.split("## Across seeds: mean [95% interval]\n", 1)[1].split("\n## ", 1)[0]
+    assert across.count("| self-distill |") == 2 and "Training seeds 0;" in across
     for name in ("passk", "reward", "entropy"):
         assert (out / "plots" / f"{name}.png").stat().st_size > 0
     # Every trained run, SFT included, logs its loss tokens as `tokens`: no fallback, nothing missing.
@@ -89,14 +99,14 @@ def test_miniature_experiment_end_to_end(tmp_path):
     _, _, *compute_rows = [[c.strip() for c in line.strip("|").split("|")] for line in compute.splitlines()]
     for row in compute_rows:
         stage1_tokens, stage2_tokens = row[-2:]
-        assert row[0] in ("none", "self-distill") or float(stage1_tokens) > 0, row
+        assert row[0] in ("none", "rft") or float(stage1_tokens) > 0, row
         assert float(stage2_tokens) > 0, row
     assert "fallback" not in md
 
     results = json.loads((out / "results.json").read_text())
-    assert len(results["evals"]) == 1 + 6 + 6  # base, Stage I x 6 (none = base), Stage II x 6
+    assert len(results["evals"]) == 1 + 7 + 7  # base, Stage I x 7 (none = base), Stage II x 7
     base = load_file(tmp_path / "base" / "model.safetensors")
-    for method in ("sft", "grpo", "exprl-outcome", "exprl-process"):
+    for method in ("sft", "grpo", "exprl-outcome", "exprl-process", "self-distill"):
         for stage in (1, 2):
             export = tmp_path / "runs" / method / f"stage{stage}" / "export" / "model.safetensors"
             trained = load_file(export)

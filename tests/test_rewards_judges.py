@@ -42,19 +42,42 @@ def test_parse_score(output, grade):
 def test_outcome_prompt_shows_reference_and_response_and_asks_for_a_score():
     system, user = outcome_messages(PROBLEM, "17+5=22 ### Answer: 22", "###")
     assert system["role"] == "system" and user["role"] == "user"
-    assert "Do not solve the problem yourself" in system["content"]
+    assert "do not solve the problem yourself" in system["content"]
     assert "Score: k" in system["content"]
     for part in ("(17+5)*3-4", PROBLEM.reference, "Reference final answer: 62", "17+5=22 ### Answer: 22"):
         assert part in user["content"]
+    # the published scale: 5 correct and sufficient, 3 on the right track, 1 contradicts
+    for grade in (
+        "5 = the reasoning is correct and sufficient",
+        "3 = the reasoning is on the right track",
+        "1 = the reasoning contradicts the reference",
+    ):
+        assert grade in user["content"]
 
 
-def test_process_prompt_shows_earlier_steps_and_the_step_to_judge():
+def test_process_prompt_shows_the_step_alone_by_default():
     _, user = process_messages(PROBLEM, ["17+5=22", "22*3=66"], "66-4=61", "###")
     content = user["content"]
-    assert "key checkpoints" in content and "contradicts" in content and "establishes" in content
-    earlier = content.index("Student's earlier steps:")
-    current = content.index("Student's current step:")
+    assert "key checkpoints" in content and "NOT shown" in content
+    for grade in (
+        "5 = it establishes a checkpoint",
+        "4 = it supports a checkpoint",
+        "3 = it is weak or generic",
+        "2 = it is mostly irrelevant",
+        "1 = it contradicts a checkpoint",
+    ):
+        assert grade in content
+    assert "22*3=66" not in content.replace(PROBLEM.reference, "") and "66-4=61" in content
+
+
+def test_process_prompt_with_prefix_context_shows_earlier_steps():
+    _, user = process_messages(PROBLEM, ["17+5=22", "22*3=66"], "66-4=61", "###", "prefix")
+    content = user["content"]
+    earlier = content.index("Student's earlier steps")
+    current = content.index("Student's current step")
     assert earlier < content.index("17+5=22\n22*3=66") < current < content.index("66-4=61")
+    with pytest.raises(ValueError, match="process_context"):
+        process_messages(PROBLEM, [], "x", "###", "whole")
 
 
 class CannedJudge(ModelJudge):
@@ -101,8 +124,12 @@ def test_process_mode_grades_every_segment_and_empty_ones_without_a_request():
     scores = judge.score(rollouts("17+5=22 ### ### 22*3=67", "Answer: 62"))
     assert scores == [[1.0, 0.25, 0.5], [0.0]]
     assert len(judge.seen) == 3  # the empty middle segment was not sent
-    last_step = judge.seen[1][1]["content"]  # the prompt for "22*3=67" lists the empty step among the earlier
-    assert "Student's earlier steps:\n17+5=22\n\n" in last_step and "22*3=67" in last_step
+    last_step = judge.seen[1][1]["content"]  # the prompt for "22*3=67": the step alone, by default
+    assert "17+5=22" not in last_step.replace(PROBLEM.reference, "") and "22*3=67" in last_step
+    prefix = CannedJudge(["Score: 5", "Score: 3", "Score: 1"], mode="process", process_context="prefix")
+    prefix.score(rollouts("17+5=22 ### ### 22*3=67"))
+    last_step = prefix.seen[1][1]["content"]  # lists the empty step among the earlier ones
+    assert "Student's earlier steps (context only, do not grade them):\n17+5=22\n\n" in last_step
 
 
 def test_process_mode_drops_a_rollout_when_any_segment_is_ungraded():

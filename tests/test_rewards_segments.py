@@ -131,7 +131,7 @@ def test_process_rewards_map_to_token_advantages_as_segment_advantages_does():
         offset = 0
         for column, token in enumerate(tokenizer.convert_ids_to_tokens(token_ids.tolist())):
             k = response[:offset].count("###")  # delimiters wholly before this token
-            expected = s[k] - s[k - 1] if k > 0 else s[0] - s[-1]
+            expected = s[k] - s[k - 1] if k > 0 else s[0] - (s[-1] if len(s) > 1 else 0.0)
             assert advantages[row, column].item() == pytest.approx(expected)
             offset += 0 if token == tokenizer.eos_token else len(token)
         assert (advantages[row, len(token_ids) :] == 0).all()

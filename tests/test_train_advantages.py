@@ -67,14 +67,44 @@ def test_process_end_by_hand():
     out = advantages.get("process-end")(
         [[0.25, 0.75, 0.5]], 1, response_lengths=[3], token_segment_ids=[torch.tensor([0, 1, 2])]
     )
-    assert out[0].tolist() == pytest.approx([0.25 - 0.5, 0.75 - 0.5, 0.5])
+    assert out[0].tolist() == pytest.approx([0.25 - 0.5, 0.75 - 0.5, 0.0])
 
 
-def test_truncated_process_rollout_zero_scores_give_zero_advantages():
-    out = advantages.get("process-delta")(
-        [[0.0, 0.0]], 1, response_lengths=[3], token_segment_ids=[torch.tensor([0, 1, 1])]
+def test_process_one_segment_delta_keeps_its_score_end_gives_zero():
+    kwargs = {"response_lengths": [2], "token_segment_ids": [torch.tensor([0, 0])]}
+    assert advantages.get("process-delta")([[0.75]], 1, **kwargs)[0].tolist() == [0.75, 0.75]
+    assert advantages.get("process-end")([[0.75]], 1, **kwargs)[0].tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("process-delta", [0.0, 0.0, 0.0]), ("process-end", [-0.75, -0.75, -0.75])],
+)
+def test_truncated_process_rollout(name, expected):
+    # the judge's scores (0.25, 0.75) of a truncated rollout: delta zeroes them; end is 0 - s_T per token
+    out = advantages.get(name)(
+        [[0.25, 0.75], [0.25, 0.75]],
+        1,
+        response_lengths=[3, 3],
+        token_segment_ids=[torch.tensor([0, 1, 1])] * 2,
+        truncated=[True, False],
     )
-    assert out[0].tolist() == [0.0, 0.0, 0.0]
+    assert out[0].tolist() == expected
+    untruncated = advantages.get(name)(
+        [[0.25, 0.75]], 1, response_lengths=[3], token_segment_ids=[torch.tensor([0, 1, 1])]
+    )
+    assert out[1].tolist() == untruncated[0].tolist()
+
+
+def test_truncated_process_group_counts_as_zero_scores():
+    seg = [torch.tensor([0, 1]), torch.tensor([0, 1])]
+    out = advantages.get("process-group")(
+        [[1.0, 1.0], [0.0, 1.0]], 2, response_lengths=[2, 2], token_segment_ids=seg, truncated=[True, False]
+    )
+    zeroed = advantages.get("process-group")(
+        [[0.0, 0.0], [0.0, 1.0]], 2, response_lengths=[2, 2], token_segment_ids=seg
+    )
+    assert [t.tolist() for t in out] == [t.tolist() for t in zeroed]
 
 
 def test_process_dropped_rollout_gets_zero_and_mismatch_raises():

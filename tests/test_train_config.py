@@ -113,7 +113,7 @@ def test_bad_override_names_key():
         ("eval:\n  ks: [1, 16]\n", "eval.ks"),
         ("steps: 0\n", "steps"),
         ("deepspeed:\n  config: /nonexistent/ds.json\n", "deepspeed.config"),
-        ("algo:\n  clip_low: 1.5\n", "algo.clip_low: must be in \\[0, 1\\), got 1.5"),
+        ("algo:\n  clip_low: 1.5\n", "algo.clip_low: must be in \\[0, 1\\] \\(1 = no lower clip\\), got 1.5"),
         ("rollout:\n  group_size: 1\nalgo:\n  micro_batch_size: 4\n", "rollout.group_size: grpo normalises"),
         (
             "reward:\n  name: http\n  options: {model: m}\n",
@@ -159,8 +159,12 @@ def test_one_sample_per_prompt_is_fine_for_estimators_without_groups():
 
 
 def test_values_from_overrides_are_named_as_overrides(tmp_path):
-    with pytest.raises(ValueError, match=r"^override: algo.clip_low: must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"^override: algo.clip_low: must be in \[0, 1\]"):
+        load_config(write(tmp_path, "steps: 3\n"), ["algo.clip_low=-1.5"])
+    with pytest.raises(ValueError, match=r"^override: algo.clip_low: must be in \[0, 1\]"):
         load_config(write(tmp_path, "steps: 3\n"), ["algo.clip_low=1.5"])
+    # exactly 1: no lower clip (the published Stage II's symmetric epsilon 4)
+    assert load_config(write(tmp_path, "steps: 3\n"), ["algo.clip_low=1"]).algo.clip_low == 1.0
 
 
 def test_the_launchers_world_size_is_checked_when_the_config_loads(tmp_path, monkeypatch):

@@ -260,3 +260,52 @@ def test_two_nodes_match_two_ranks(toy, tmp_path):
     records, reference = read_records(tmp_path / "nodes"), read_records(tmp_path / "two")
     assert [r["step"] for r in records] == [1, 2, 3]
     assert [deterministic(r) for r in records] == [deterministic(r) for r in reference]
+
+
+@pytest.mark.slow
+def test_judge_on_the_reference_engine_under_two_rank_zero3(tmp_path):
+    """reward.judge_model: reference grades with the trainer's frozen ZeRO-3 reference, its parameters
+    gathered while scoring: on 2 ranks the judge's grades equal those of a 1-rank run whose hf judge
+    loads its own copy of the same model. The model (policy, reference and judge) answers every prompt
+    with "Score: 4" (the responses of step 1 all earn (4 - 1) / 4; later an odd response can make it
+    ramble, unparsable, and be dropped), which it does only if the judge's weights were whole."""
+    from rewards_tiny_model import save_tiny_llama
+
+    grader = save_tiny_llama(tmp_path / "grader", says="Score: 4")
+    common = [
+        f"model.path={grader}",
+        f"output_dir={tmp_path}",
+        "progress=false",
+        "data.train=builtin:chain:1:train:16",
+        "eval.enabled=false",
+        "export=false",
+        "steps=2",
+        "checkpoint_every=0",
+        "reward.name=hf",
+        "reward.truncation=keep",
+        "rollout.prompts_per_step=2",
+        "rollout.group_size=2",
+        "rollout.max_new_tokens=12",
+        "algo.micro_batch_size=2",
+        "algo.kl_coef=0",
+        "optim.lr=1e-6",
+    ]
+    options = "max_new_tokens: 16, batch_size: 1"  # one prompt per generate call: no padding differences
+    own = load_config(None, [*common, "name=own", f"reward.options={{path: '{grader}', {options}}}"])
+    single = read_records(run(own))
+    cfg = load_config(
+        None,
+        [*common, "name=shared", "reward.judge_model=reference", f"reward.options={{{options}}}"]
+        + ["algo.micro_batch_size=1"],
+    )
+    path = tmp_path / "shared.yaml"
+    save_config(cfg, path)
+    finish(
+        launch("--num_gpus", "2", "--master_port", "29567", "--module", "exprl.train", "--config", str(path))
+    )
+    shared = read_records(tmp_path / "shared")
+    assert len(shared) == len(single) == 2
+    for a, b in zip(single, shared, strict=True):  # the same grades, and so the same responses dropped
+        assert b["dropped_rollouts"] == a["dropped_rollouts"]
+        assert b["reward/judge"] == pytest.approx(a["reward/judge"])
+    assert shared[0]["dropped_rollouts"] == 0 and shared[0]["reward/judge"] == pytest.approx(0.75)

@@ -94,7 +94,7 @@ class StopDigitSegments:
 @pytest.mark.slow
 def test_process_group_raises_the_toy_reward(tiny_models, tmp_path, monkeypatch):
     real = rollout.build_rewards
-    monkeypatch.setattr(rollout, "build_rewards", lambda cfg: (StopDigitSegments(), real(cfg)[1]))
+    monkeypatch.setattr(rollout, "build_rewards", lambda cfg, *_: (StopDigitSegments(), real(cfg)[1]))
     cfg = tiny_config(
         tiny_models["digits"],
         tmp_path,

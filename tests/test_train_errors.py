@@ -114,11 +114,12 @@ def test_score_applies_truncation_and_drop_rules():
     assert ro.correct == [1.0, 0.0, 0.0]
 
 
-def test_score_zeroes_truncated_segments_and_drops_mismatched_lists():
+def test_score_keeps_truncated_segment_scores_and_drops_mismatched_lists():
+    # the length-limit rule of per-segment scores belongs to the process estimator (EndNorm's differs)
     ro = toy_rollouts(["a ### b", "a ### b", "a ### b"], [False, True, False])
-    judge = FixedJudge([[0.5, 1.0], [0.5, 1.0], [1.0]], granularity="segment")
+    judge = FixedJudge([[0.5, 1.0], [0.25, 1.0], [1.0]], granularity="segment")
     score(ro, judge, FixedJudge([0.0] * 3))
-    assert ro.scores == [[0.5, 1.0], [0.0, 0.0], None]
+    assert ro.scores == [[0.5, 1.0], [0.25, 1.0], None]
     assert judge.counters["segment_mismatch"] == 1
 
 
@@ -167,3 +168,12 @@ def test_a_checkpoint_without_its_manifest_is_not_intact(tmp_path):
         None,
         [f"step_000001: {tmp_path / 'step_000001' / 'manifest.json'} is missing"],
     )
+
+
+def test_score_keeps_a_truncated_reward_when_told():
+    # Stage II as published: a right answer whose response hit the length limit is still rewarded
+    ro = toy_rollouts(["a", "b"], [True, True])
+    score(ro, FixedJudge([1.0, 0.0]), FixedJudge([1.0, 0.0]), truncation="keep")
+    assert ro.scores == [1.0, 0.0]
+    score(ro, FixedJudge([1.0, 0.0]), FixedJudge([1.0, 0.0]))
+    assert ro.scores == [0.0, 0.0]

@@ -410,7 +410,8 @@ def segment_advantages(
         segment_scores: (B, S) float with row b's scores s_1..s_T in its first T = `num_segments[b]`
             columns (default: all S), or a list of B 1-D float tensors (then `num_segments` is
             their lengths).
-        mode: "delta" a_1 = s_1 - s_T, a_t = s_t - s_{t-1}; "end" a_t = s_t - s_T, a_T = s_T;
+        mode: "delta" a_1 = s_1 - s_T, a_t = s_t - s_{t-1} (a lone segment: a_1 = s_1); "end"
+            a_t = s_t - s_T (the last segment 0);
             "group" (s_t - mean) / (std + eps) over all scores of the row's group of `group_size`.
     """
     if mode not in SEGMENT_MODES:

@@ -209,7 +209,8 @@ def segment_advantages(
         segment_ids: (N,) int64, the 0-based segment of each token of row b (tokens
             cu_seqlens[b]:cu_seqlens[b+1]); -1 = not in any scored segment (advantage 0).
         scores: (B, S) float, row b's segment scores s_1..s_T in its first T = num_segments[b] columns.
-        mode: 0 delta (a_1 = s_1 - s_T, a_t = s_t - s_{t-1}), 1 end (a_t = s_t - s_T, a_T = s_T),
+        mode: 0 delta (a_1 = s_1 - s_T, a_t = s_t - s_{t-1}; a_1 = s_1 when T = 1), 1 end
+            (a_t = s_t - s_T, so a_T = 0),
             2 group ((s_t - mean) / (std + eps) over every valid score of the row's group of
             `group_size` consecutive rows; sample std, 0 for a single score).
     """
@@ -221,10 +222,11 @@ def segment_advantages(
     valid = columns < num_segments[:, None]
     last = scores.gather(1, (num_segments - 1).clamp(min=0)[:, None])
     if mode == SEGMENT_MODES["delta"]:
-        previous = torch.cat([last, scores[:, :-1]], dim=1)
+        first_baseline = torch.where(num_segments[:, None] > 1, last, 0.0)
+        previous = torch.cat([first_baseline, scores[:, :-1]], dim=1)
         table = scores - previous
     elif mode == SEGMENT_MODES["end"]:
-        table = torch.where(columns == (num_segments - 1)[:, None], scores, scores - last)
+        table = scores - last
     else:
         grouped = torch.where(valid, scores, 0.0).view(-1, group_size * width)
         counts = valid.view(-1, group_size * width).sum(dim=1, keepdim=True)

@@ -3,7 +3,7 @@ evaluates every model with the evaluation service, resumably, into a report dire
 
     config.py   the experiment YAML, read by the trainer's config machinery and validated
     driver.py   orchestration and resume (`run_experiment`)
-    stages.py   stage runners (the trainer, self-distillation) and the evaluator
+    stages.py   stage runners (the trainer, RFT) and the evaluator
     report.py   report.md, results.json, plots
     cli.py      `exprl experiment`
 """

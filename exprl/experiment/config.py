@@ -19,14 +19,15 @@ NO_STAGE1 = "none"  # method name meaning "no Stage I": Stage II starts from the
 class StageSettings:
     """One trainer configuration: a trainer YAML file plus `key=value` overrides.
 
-    kind "train" runs the trainer on the config; "self-distill" (Stage I only, an SFT config) first samples
+    kind "train" runs the trainer on the config; "rft" (Stage I only, an SFT config) first samples
     the model on the problems an RL run would draw and fine-tunes it on its own verified completions
-    (`exprl.experiment.self_distill`). Relative config paths are found next to the experiment file, else
+    (`exprl.experiment.rft`); on-policy self-distillation is a trainer config
+    (method: distill). Relative config paths are found next to the experiment file, else
     in the working directory."""
 
     config: Path | None = None  # None only for the "none" method
     overrides: list[str] = field(default_factory=list)
-    kind: Literal["train", "self-distill"] = "train"
+    kind: Literal["train", "rft"] = "train"
 
 
 @dataclass
@@ -49,6 +50,9 @@ class ExperimentConfig:
     eval: EvalSettings  # every model is evaluated with these settings
     base_model: str = TINY  # "tiny" = the shipped tiny model, else a Hugging Face model directory
     seed: int = 0
+    # training seeds seed, seed + 1, ...: every method's two stages run once per seed; the report gives
+    # means with 95% bootstrap intervals over seeds and problems (exprl.experiment.intervals)
+    num_seeds: int = 1
     overrides: list[str] = field(default_factory=list)  # applied to every stage of every method
     work_dir: Path | None = None  # trainer runs (checkpoints, exports); default runs/experiment/<name>
     # How prompts are shown to every model in evaluation, as the trainer's model.chat_template
@@ -81,6 +85,8 @@ def validate(cfg: ExperimentConfig, source: str, base_dir: Path) -> None:
 
     if cfg.steps < 1:
         fail("steps", f"must be >= 1, got {cfg.steps}")
+    if cfg.num_seeds < 1:
+        fail("num_seeds", f"must be >= 1, got {cfg.num_seeds}")
     if not cfg.stage1:
         fail("stage1", "name at least one method")
     for method, settings in cfg.stage1.items():

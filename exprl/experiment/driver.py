@@ -1,10 +1,10 @@
 """`exprl experiment`: the comparison of docs/design.md §1 end to end, resumable, with a report directory.
 
 From one base model, every Stage I method (SFT on references, sparse GRPO, ExpRL-Outcome, ExpRL-Process,
-self-distillation, or "none" = the base model itself) is trained with the same number of optimizer steps
-and the same seed; then Stage II (sparse GRPO, same budget) starts from each Stage I result. Every
-resulting model is evaluated with the same settings (`exprl.eval.EvalSettings`). The report directory
-holds:
+on-policy self-distillation, RFT, or "none" = the base model itself) is trained with the same number of
+optimizer steps and the same seed; then Stage II (sparse GRPO, same budget) starts from each Stage I
+result. Every resulting model is evaluated with the same settings (`exprl.eval.EvalSettings`). The report
+directory holds:
 
     report.md              tables: pass@1 / pass@k per split after Stage I and after Stage II, never-solved
                            share, problems the base model never solved that each method solves, compute
@@ -14,6 +14,9 @@ holds:
 
 and the work directory (`work_dir`, default runs/experiment/<name>) holds <method>/stage<s>/: the trainer's
 run directory (checkpoints, metrics, the exported model) and DONE.json once that stage has finished.
+With `num_seeds` > 1 every seed's stages and evaluations go under seed<k>/ in both directories (the base
+model is evaluated once); the tables and plots show the first seed, and a table of means with 95% bootstrap
+intervals over seeds and problems covers all of them.
 
 A finished stage (DONE.json) and a finished evaluation (its JSON) are not redone, so rerunning the same
 command after an interruption continues where it stopped (an interrupted trainer run resumes from its
@@ -130,32 +133,44 @@ def run_experiment(
     (out / "evals").mkdir(parents=True, exist_ok=True)
     base = resolve_model_path(cfg.base_model, key="base_model")
 
-    def evaluate_stage(name: str, done: dict[str, Any]) -> dict[str, Any]:
-        path = out / "evals" / f"{name}.json"
+    def evaluate_stage(name: str, done: dict[str, Any], sub: str = "") -> dict[str, Any]:
+        path = out / "evals" / sub / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
         return _evaluate_once(
             evaluator, cfg.eval, Path(done["model_dir"]), path, log, done.get("finished_at")
         )
 
-    def stage(method: str, number: int, init: dict[str, Any], settings: StageSettings) -> dict[str, Any]:
-        run_dir = work / method / f"stage{number}"
-        spec = StageSpec(
-            method, number, Path(init["model_dir"]), run_dir, settings, cfg.steps, cfg.seed, cfg.overrides
-        )
-        return _run_stage(stage_runner, spec, log, init_finished_at=init.get("finished_at"))
-
     base_done = {"method": "base", "model_dir": str(base), "steps": 0, "wall_s": 0.0}
-    evals = {"base": evaluate_stage("base", base_done)}
-    stages: dict[str, dict[int, dict[str, Any]]] = {}
-    for method, settings in cfg.stage1.items():
-        stages[method] = {1: base_done if method == NO_STAGE1 else stage(method, 1, base_done, settings)}
-    for method in cfg.stage1:
-        evals[f"{method}-stage1"] = (
-            evals["base"] if method == NO_STAGE1 else evaluate_stage(f"{method}-stage1", stages[method][1])
-        )
-    for method in cfg.stage1:
-        stages[method][2] = stage(method, 2, stages[method][1], cfg.stage2)
-        evals[f"{method}-stage2"] = evaluate_stage(f"{method}-stage2", stages[method][2])
+    base_eval = evaluate_stage("base", base_done)
 
-    write_report(cfg, base, evals, stages)
+    def one_seed(seed: int, sub: str) -> tuple[dict[str, Any], dict[str, dict[int, dict[str, Any]]]]:
+        def stage(method: str, number: int, init: dict[str, Any], settings: StageSettings) -> dict[str, Any]:
+            run_dir = work / sub / method / f"stage{number}"
+            spec = StageSpec(
+                method, number, Path(init["model_dir"]), run_dir, settings, cfg.steps, seed, cfg.overrides
+            )
+            return _run_stage(stage_runner, spec, log, init_finished_at=init.get("finished_at"))
+
+        evals = {"base": base_eval}
+        stages: dict[str, dict[int, dict[str, Any]]] = {}
+        for method, settings in cfg.stage1.items():
+            stages[method] = {1: base_done if method == NO_STAGE1 else stage(method, 1, base_done, settings)}
+        for method in cfg.stage1:
+            evals[f"{method}-stage1"] = (
+                base_eval
+                if method == NO_STAGE1
+                else evaluate_stage(f"{method}-stage1", stages[method][1], sub)
+            )
+        for method in cfg.stage1:
+            stages[method][2] = stage(method, 2, stages[method][1], cfg.stage2)
+            evals[f"{method}-stage2"] = evaluate_stage(f"{method}-stage2", stages[method][2], sub)
+        return evals, stages
+
+    seeds = [cfg.seed + i for i in range(cfg.num_seeds)]
+    runs = [one_seed(seed, f"seed{seed}" if cfg.num_seeds > 1 else "") for seed in seeds]
+    evals, stages = runs[0]
+    write_report(
+        cfg, base, evals, stages, seed_evals={seed: r[0] for seed, r in zip(seeds, runs, strict=True)}
+    )
     log(f"report: {out / 'report.md'}")
     return out

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from exprl.experiment.config import NO_STAGE1, ExperimentConfig
+from exprl.experiment.intervals import bootstrap_interval, table
 from exprl.train.metrics import read_metrics
 
 
@@ -162,13 +163,54 @@ def _plot_training(cfg, curves, metric: str, path: Path) -> bool:
     return True
 
 
+def _intervals(cfg, seed_evals, splits, kmax: int) -> dict[str, dict[str, list[float]]]:
+    """ "<method>-stage<s>" -> "<split> <metric>" -> [mean, low, high] over seeds and problems."""
+    reports = list(seed_evals.values())
+    out: dict[str, dict[str, list[float]]] = {}
+    for method in cfg.stage1:
+        for stage in (1, 2):
+            key = f"{method}-stage{stage}"
+            out[key] = {
+                f"{split} {metric}": list(bootstrap_interval(table([r[key] for r in reports], split, metric)))
+                for split in splits
+                for metric in ("pass@1", f"pass@{kmax}", "never_solved")
+            }
+    return out
+
+
+def _interval_section(cfg, seed_evals, splits, kmax: int) -> list[str]:
+    seeds = sorted(seed_evals)
+    lines = [
+        "## Across seeds: mean [95% interval]",
+        "",
+        f"Training seeds {', '.join(map(str, seeds))}; each cell is the mean over seeds and problems with a "
+        "95% bootstrap interval (seeds and problems resampled with replacement, 2000 draws). never solved: "
+        "share of problems with no correct sample out of n.",
+        "",
+    ]
+    header = ["method", "stage"] + [
+        f"{split} {metric}" for split in splits for metric in ("pass@1", f"pass@{kmax}", "never solved")
+    ]
+    lines += ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+    for key, cells in _intervals(cfg, seed_evals, splits, kmax).items():
+        method, stage = key.rsplit("-stage", 1)
+        row = [method, "I" if stage == "1" else "II"]
+        row += [f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in cells.values()]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines + [""]
+
+
 def write_report(
     cfg: ExperimentConfig,
     base_model: Path,
     evals: dict[str, dict[str, Any]],
     stages: dict[str, dict[int, dict[str, Any]]],
+    seed_evals: dict[int, dict[str, dict[str, Any]]] | None = None,
 ) -> Path:
-    """Write report.md, results.json and plots/ into cfg.out_dir from finished stages and evaluations."""
+    """Write report.md, results.json and plots/ into cfg.out_dir from finished stages and evaluations
+    (`evals`, `stages`: the first seed's); `seed_evals` (seed -> evals, default {cfg.seed: evals}) feed the
+    table of means with 95% bootstrap intervals over seeds and problems."""
+    seed_evals = seed_evals or {cfg.seed: evals}
     out = cfg.out_dir
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
@@ -231,6 +273,7 @@ def write_report(
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Base model before any training: " + "; ".join(base_cells) + ".", ""]
 
+    lines += _interval_section(cfg, seed_evals, splits, kmax)
     lines += [
         "## Coverage, entropy and length",
         "",
@@ -312,7 +355,8 @@ def write_report(
             "name": cfg.name,
             "generated": generated,
             "machine": machine,
-            "seeds": {"train": cfg.seed, "eval": ev.seed},
+            "seeds": {"train": cfg.seed, "eval": ev.seed, "all_train": sorted(seed_evals)},
+            "intervals": _intervals(cfg, seed_evals, splits, kmax),
             "config": asdict(cfg),
             "base_model": str(base_model),
             "evals": evals,

@@ -1,4 +1,4 @@
-"""Stage runners: what trains one method's stage (the trainer, or self-distillation then the trainer), and
+"""Stage runners: what trains one method's stage (the trainer, or RFT sampling then the trainer), and
 the evaluator that scores every model with the experiment's settings. `run_experiment` takes any callables
 of the same shape (tests inject fakes)."""
 
@@ -12,7 +12,7 @@ from typing import Any
 from exprl.data import load_problems, step_prompts
 from exprl.eval import EvalReport, EvalSettings, evaluate_model_dir
 from exprl.experiment.config import StageSettings
-from exprl.experiment.self_distill import collect_correct_samples, write_records
+from exprl.experiment.rft import collect_correct_samples, write_records
 from exprl.models import load_model_and_tokenizer, prompt_text
 from exprl.train import run
 from exprl.train.config import load_config
@@ -64,19 +64,19 @@ def _trainer_config(spec: StageSpec, *extra: str):
 
 
 def train_stage(spec: StageSpec) -> StageResult:
-    """The real stage runner: `exprl.train.run` on the stage's config (or self-distillation, by kind)."""
-    if spec.settings.kind == "self-distill":
-        return self_distill_stage(spec)
+    """The real stage runner: `exprl.train.run` on the stage's config (or RFT, by kind)."""
+    if spec.settings.kind == "rft":
+        return rft_stage(spec)
     run_dir = Path(run(_trainer_config(spec)))
     return StageResult(model_dir=run_dir / "export", metrics_path=run_dir / "metrics.jsonl")
 
 
-def self_distill_stage(spec: StageSpec) -> StageResult:
+def rft_stage(spec: StageSpec) -> StageResult:
     """Sample `rollout.group_size` completions of each problem the RL methods draw in `steps` steps of
     `rollout.prompts_per_step` prompts, keep the verified ones, then SFT on them for `steps` steps."""
     cfg = _trainer_config(spec)
     if cfg.method != "sft":
-        raise ValueError(f"stage1.{spec.method}: self-distillation needs an SFT trainer config (method: sft)")
+        raise ValueError(f"stage1.{spec.method}: RFT needs an SFT trainer config (method: sft)")
     problems = load_problems(cfg.data.train, seed=cfg.seed)
     r = cfg.rollout
     drawn = [
@@ -95,7 +95,7 @@ def self_distill_stage(spec: StageSpec) -> StageResult:
         seed=cfg.seed,
         verifier=cfg.reward.sparse,
         batch_size=max(cfg.sft.batch_size, r.group_size),
-        format_prompt=lambda p: prompt_text(p, tokenizer, cfg.model.chat_template),
+        format_prompt=lambda p: prompt_text(p, tokenizer, cfg.model.chat_template, cfg.rollout.system_prompt),
     )
     extra = {
         "samples": data.samples,
@@ -110,7 +110,7 @@ def self_distill_stage(spec: StageSpec) -> StageResult:
         extra["note"] = "no verified completion: no update"
         return StageResult(model_dir=spec.init_model, metrics_path=None, extra=extra)
     spec.run_dir.mkdir(parents=True, exist_ok=True)
-    path = spec.run_dir / "self_distill.jsonl"
+    path = spec.run_dir / "rft.jsonl"
     extra["records written"] = write_records(data.records, path, min_records=cfg.sft.batch_size)
     run_dir = Path(run(_trainer_config(spec, f"data.train={path.resolve()}")))
     return StageResult(model_dir=run_dir / "export", metrics_path=run_dir / "metrics.jsonl", extra=extra)

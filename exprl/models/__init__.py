@@ -6,14 +6,16 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from exprl.models.prompts import prompt_text
+from exprl.models.prompts import PAPER_SYSTEM_PROMPT, prompt_text, teacher_problem
 
 __all__ = [
     "TINY",
     "default_attn_implementation",
     "load_model_and_tokenizer",
+    "PAPER_SYSTEM_PROMPT",
     "prompt_text",
     "resolve_model_path",
+    "teacher_problem",
     "tiny_base_path",
 ]
 

@@ -38,13 +38,14 @@ class HFJudge(ModelJudge):
         tokenizer=None,
         mode: str = "outcome",
         delimiter: str = SEGMENT_DELIMITER,
+        process_context: str = "segment",
         max_new_tokens: int = 256,
         batch_size: int = 8,
         dtype: str = "float32",
         device: str = "cpu",
         max_prompt_tokens: int | None = None,
     ) -> None:
-        super().__init__(mode, delimiter)
+        super().__init__(mode, delimiter, process_context)
         if (path is None) == (model is None) or (model is None) != (tokenizer is None):
             raise ValueError(
                 "hf judge needs either path= (a local checkpoint directory) or model= and tokenizer="

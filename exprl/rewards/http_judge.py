@@ -45,6 +45,7 @@ class HTTPJudge(ModelJudge):
         *,
         mode: str = "outcome",
         delimiter: str = SEGMENT_DELIMITER,
+        process_context: str = "segment",
         api_key_env: str = "OPENAI_API_KEY",
         max_tokens: int = 512,
         temperature: float = 0.0,
@@ -54,7 +55,7 @@ class HTTPJudge(ModelJudge):
         concurrency: int = 8,
         cache_dir: str | Path | None = None,
     ) -> None:
-        super().__init__(mode, delimiter)
+        super().__init__(mode, delimiter, process_context)
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
         if not isinstance(model, str) or not model:

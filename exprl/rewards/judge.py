@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from exprl.data import SEGMENT_DELIMITER
 from exprl.rewards.base import Rollout
-from exprl.rewards.prompts import Messages, outcome_messages, parse_score, process_messages
+from exprl.rewards.prompts import Messages, check_context, outcome_messages, parse_score, process_messages
 from exprl.rewards.segments import split_segments
 
 MODES = ("outcome", "process")
@@ -29,14 +29,18 @@ def grade_to_reward(grade: int) -> float:
 
 class Judge:
     """What judges share: `mode` "outcome" (granularity "response") or "process" ("segment", split at
-    `delimiter`), and a `counters` dict."""
+    `delimiter`), what a process grade sees (`process_context`: "segment" alone, as published, or
+    "prefix": with the segments before it), and a `counters` dict."""
 
     name = "judge"
 
-    def __init__(self, mode: str = "outcome", delimiter: str = SEGMENT_DELIMITER) -> None:
+    def __init__(
+        self, mode: str = "outcome", delimiter: str = SEGMENT_DELIMITER, process_context: str = "segment"
+    ) -> None:
         self.mode = check_mode(mode)
         split_segments("", delimiter)  # validates the delimiter
         self.delimiter = delimiter
+        self.process_context = check_context(process_context)
         self.granularity = "response" if mode == "outcome" else "segment"
         self.counters: dict[str, int] = {}
 
@@ -56,8 +60,10 @@ class ModelJudge(Judge):
     # "ungraded" totals the rollouts that a cause (unparsed, a backend failure) left without a grade
     informational_counters: tuple[str, ...] = ("requests", "ungraded")
 
-    def __init__(self, mode: str = "outcome", delimiter: str = SEGMENT_DELIMITER) -> None:
-        super().__init__(mode, delimiter)
+    def __init__(
+        self, mode: str = "outcome", delimiter: str = SEGMENT_DELIMITER, process_context: str = "segment"
+    ) -> None:
+        super().__init__(mode, delimiter, process_context)
         self.counters.update({"requests": 0, "unparsed": 0, "ungraded": 0})
         self.first_failure: str | None = None
 
@@ -72,7 +78,7 @@ class ModelJudge(Judge):
             return [outcome_messages(rollout.problem, rollout.response, self.delimiter)]
         segments = split_segments(rollout.response, self.delimiter)
         return [
-            process_messages(rollout.problem, segments[:t], step, self.delimiter)
+            process_messages(rollout.problem, segments[:t], step, self.delimiter, self.process_context)
             if step
             else EMPTY_SEGMENT_GRADE
             for t, step in enumerate(segments)

@@ -1,7 +1,9 @@
 """The judge prompts (outcome and process) and the parser of their final "Score: k" line.
 
-The judge sees the problem, the hidden reference solution and the policy's reasoning. It is told to
-compare, never to solve the problem itself, and to end with "Score: k" (k in 1..5).
+The judge sees the problem, the hidden reference solution and the policy's reasoning (outcome: all of it;
+process: one segment, alone by default as in the published method, or with the segments before it). It is
+told to compare, never to solve the problem itself, and to end with "Score: k" (k in 1..5). The outcome
+scale gives partial credit to a trace whose final answer is wrong but whose path follows the reference.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ import re
 
 Messages = list[dict[str, str]]
 
+CONTEXTS = ("segment", "prefix")  # what the process judge sees besides the graded step
+
 SYSTEM = (
-    "You are a strict grader of reasoning. You compare a student's reasoning with a reference solution "
-    "that the student never saw. Do not solve the problem yourself and do not trust the student's "
-    "arithmetic: take every correct result from the reference. Be brief. Your last line must be "
-    '"Score: k" with k an integer from 1 to 5.'
+    "You grade a student's reasoning against a reference solution that the student never saw. Compare; "
+    "do not solve the problem yourself, do not fill in steps the student did not write, and take every "
+    "correct result from the reference rather than from the student. Keep your analysis short. Your last "
+    'line must be "Score: k" with k an integer from 1 to 5.'
 )
 
 OUTCOME = """Problem:
@@ -28,15 +32,27 @@ Reference final answer: {answer}
 Student's reasoning:
 {response}
 
-How surely does the student's reasoning lead to the reference's result?
-5 = it reaches the reference's final answer through correct steps.
-4 = it establishes most of the reference's key results and nothing contradicts the reference.
-3 = it establishes some key results and nothing contradicts the reference.
-2 = it establishes little, or it contradicts a key result of the reference.
-1 = it is empty, irrelevant, or its final answer differs from the reference's.
-First list the reference's key results the student establishes or contradicts, then end with "Score: k"."""
+Rate how likely it is that this reasoning, followed to its end, yields the reference's result. The \
+student's own final answer may be missing or wrong; grade the path, not only the answer.
+5 = the reasoning is correct and sufficient: it reaches the reference's result with no gap.
+4 = the reasoning is correct and nearly complete: one small step is missing, or the last step slips.
+3 = the reasoning is on the right track: it establishes some of the reference's intermediate results \
+but is incomplete or has minor errors.
+2 = the reasoning has little to do with the reference: vague, mostly irrelevant, or a large gap.
+1 = the reasoning contradicts the reference: it commits to results that conflict with it, or says nothing.
+Name the reference results the reasoning reaches or contradicts, then end with "Score: k"."""
 
-PROCESS = """Problem:
+_CHECKPOINTS = """First list the reference's key checkpoints: the intermediate results it needs, and its final
+answer. Then grade the student's step by what it does for those checkpoints:
+5 = it establishes a checkpoint (states one of the reference's results correctly).
+4 = it supports a checkpoint (a correct move towards one, or a checkpoint's value reached another way).
+3 = it is weak or generic: plausible, but tied to no checkpoint.
+2 = it is mostly irrelevant, or too unclear to connect to the reference.
+1 = it contradicts a checkpoint (a result or answer that differs from the reference's).
+End with "Score: k"."""
+
+PROCESS_SEGMENT = (
+    """Problem:
 {problem}
 
 Reference solution (steps separated by "{delimiter}"):
@@ -44,20 +60,32 @@ Reference solution (steps separated by "{delimiter}"):
 
 Reference final answer: {answer}
 
-Student's earlier steps:
-{previous}
-
-Student's current step:
+One step of the student's reasoning (the steps before it are NOT shown; grade this step as written and \
+do not guess what came earlier):
 {step}
 
-First extract the reference's key checkpoints (its intermediate results and final answer). Then judge
-only the current step against them:
-5 = it establishes a checkpoint (states a reference result correctly).
-4 = it supports a checkpoint (a correct step that leads towards one, or restates one).
-3 = it is irrelevant to the checkpoints but contradicts none.
-2 = it is unclear or unsupported.
-1 = it contradicts a checkpoint (a result or answer that differs from the reference's).
-End with "Score: k"."""
+"""
+    + _CHECKPOINTS
+)
+
+PROCESS_PREFIX = (
+    """Problem:
+{problem}
+
+Reference solution (steps separated by "{delimiter}"):
+{reference}
+
+Reference final answer: {answer}
+
+Student's earlier steps (context only, do not grade them):
+{previous}
+
+Student's current step, the one to grade:
+{step}
+
+"""
+    + _CHECKPOINTS
+)
 
 _SCORE = re.compile(r"score\s*[:=]\s*\**\s*(\d+(?:\.\d+)?)\s*\**\s*(?:/\s*5)?", re.IGNORECASE)
 
@@ -74,9 +102,19 @@ def outcome_messages(problem, response: str, delimiter: str) -> Messages:
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
 
-def process_messages(problem, previous: list[str], step: str, delimiter: str) -> Messages:
-    """Chat messages asking for the grade of `step` given the response's `previous` segments."""
-    user = PROCESS.format(
+def check_context(context: str) -> str:
+    if context not in CONTEXTS:
+        raise ValueError(f"process_context must be one of {CONTEXTS}, got {context!r}")
+    return context
+
+
+def process_messages(
+    problem, previous: list[str], step: str, delimiter: str, context: str = "segment"
+) -> Messages:
+    """Chat messages asking for the grade of `step`; with context "prefix" the judge also sees the
+    response's `previous` segments, with "segment" (the published default) it sees the step alone."""
+    template = PROCESS_PREFIX if check_context(context) == "prefix" else PROCESS_SEGMENT
+    user = template.format(
         problem=problem.prompt.strip(),
         reference=problem.reference.strip() or "(none)",
         delimiter=delimiter,

@@ -6,7 +6,8 @@ the trainer ask it. The built-in modules of this package are imported on the fir
 decorators have run), which keeps `import exprl.rewards` free of model and HTTP libraries.
 
 A judge (a subclass of `exprl.rewards.judge.Judge`) grades against the reference in a mode, "outcome" or
-"process", at a delimiter; `is_judge(name)` says whether a source takes them.
+"process", at a delimiter, a process grade seeing one segment or its prefix (`process_context`);
+`is_judge(name)` says whether a source takes them.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""The programmatic judge: grades a response by the reference's key intermediate results (Problem.steps).
+"""The programmatic judge: grades a response by the reference's key results (Problem.steps), on the
+scale of the model judges' prompts (exprl.rewards.prompts).
 
-A key result is an equation "lhs=rhs" (one per reference step) plus the final answer. A claim in the
+A key result is an equation "lhs=rhs" (one per reference step) or the final answer. A claim in the
 response is an equation ("lhs=rhs": lhs before its first "=", rhs after its last) or its final answer
 (`extract_answer`). Left-hand sides compare with all whitespace removed; values with `same_answer`
 (normalised text, numbers by value). A claim
@@ -10,13 +11,21 @@ response is an equation ("lhs=rhs": lhs before its first "=", rhs after its last
   * supports one when it is neither but its value equals some key result's value (a result restated, or
     reached by another expression).
 
-Outcome mode, with n key results (len(steps) + 1), e of them established and never contradicted:
-    k = 1 + floor(4 e / n), then one grade less (never below 1) if any key result is contradicted.
-    Full response: k = 5. Empty response: k = 1. With 3 steps (n = 4): two steps then stop: k = 3;
-    one right step, then a wrong step and a wrong answer: k = 1 + 1 - 1 = 1.
-Process mode, per segment of `split_segments(response, delimiter)`, in this order of precedence:
-    1 contradicts a key result;  2 empty;  5 establishes a key result no earlier segment established;
-    4 supports (e.g. repeats an established result);  3 otherwise (irrelevant to the reference).
+Outcome mode (how likely the reasoning leads to the reference's result), first rule that holds:
+    5  the right final answer, and no key result contradicted (correct and sufficient);
+    4  every intermediate key result established (there is at least one), but the answer is missing or
+       wrong, or something is contradicted (a correct path with a slip at the end);
+    3  some intermediate key result established, or the right answer despite a contradiction (on the
+       right track, incomplete or with errors): a wrong-answer trace still earns partial credit;
+    2  nothing established and nothing contradicted (irrelevant, or too little);
+    1  nothing established and something contradicted, or an empty response.
+Process mode, per segment of `split_segments(response, delimiter)`, first rule that holds:
+    1  contradicts a key result;
+    5  establishes a key result (context "segment", as published: any key result, since the segment is
+       graded alone; context "prefix": one that no earlier segment established);
+    4  supports a key result (context "prefix": also restating one established earlier);
+    3  makes claims, none tied to a key result (weak or generic);
+    2  makes no claim at all (empty, or words without a result: mostly irrelevant).
 Reward = (k - 1) / 4.
 """
 
@@ -28,7 +37,7 @@ from dataclasses import dataclass
 from exprl.data import SEGMENT_DELIMITER
 from exprl.rewards.answers import extract_answer, same_answer
 from exprl.rewards.base import Rollout
-from exprl.rewards.judge import EMPTY_SEGMENT_GRADE, Judge, grade_to_reward
+from exprl.rewards.judge import Judge, grade_to_reward
 from exprl.rewards.registry import register
 from exprl.rewards.segments import split_segments
 
@@ -86,26 +95,32 @@ def outcome_grade(response: str, keys: Sequence[Claim], delimiter: str) -> int:
     said = claims(response, delimiter)
     established = _establish(said, keys, set())
     contradicted = set().union(*(_matches(c, keys, False) for c in said))
-    grade = 1 + (4 * len(established - contradicted)) // len(keys)
-    return max(1, grade - 1) if contradicted else grade
+    steps = {i for i, key in enumerate(keys) if key.quantity != ANSWER}
+    right_answer = bool(established - steps)
+    reached = (established & steps) - contradicted
+    if right_answer and not contradicted:
+        return 5
+    if steps and reached == steps:
+        return 4
+    if reached or right_answer:
+        return 3
+    return 1 if contradicted or not said and not response.strip() else 2
 
 
-def process_grades(response: str, keys: Sequence[Claim], delimiter: str) -> list[int]:
+def process_grades(response: str, keys: Sequence[Claim], delimiter: str, context: str) -> list[int]:
     key_values = [key.value for key in keys]
     grades, established = [], set()
     for segment in split_segments(response, delimiter):
         said = claims(segment, delimiter)
-        new = _establish(said, keys, established)
+        new = _establish(said, keys, established if context == "prefix" else set())
         if any(_matches(c, keys, False) for c in said):
             grades.append(1)
-        elif not segment:
-            grades.append(EMPTY_SEGMENT_GRADE)
         elif new:
             grades.append(5)
         elif any(same_answer(c.value, v) for c in said for v in key_values):
             grades.append(4)
         else:
-            grades.append(3)
+            grades.append(3 if said else 2)
         established |= new
     return grades
 
@@ -124,6 +139,9 @@ class RubricJudge(Judge):
                 scores.append(grade_to_reward(outcome_grade(rollout.response, keys, self.delimiter)))
             else:
                 scores.append(
-                    [grade_to_reward(k) for k in process_grades(rollout.response, keys, self.delimiter)]
+                    [
+                        grade_to_reward(k)
+                        for k in process_grades(rollout.response, keys, self.delimiter, self.process_context)
+                    ]
                 )
         return scores

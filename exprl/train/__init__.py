@@ -10,9 +10,9 @@ __all__ = ["TrainConfig", "load_config", "run"]
 
 
 def run(config: TrainConfig) -> pathlib.Path:
-    """Train by `config` (RL, or SFT when `config.method == "sft"`) and return the run directory
-    (runs/<name>/). The run holds its directory's lock (`exprl.train.lock`) throughout: a second run on
-    the same name fails at once."""
+    """Train by `config` (RL or on-policy self-distillation, or SFT when `config.method == "sft"`) and
+    return the run directory (runs/<name>/). The run holds its directory's lock (`exprl.train.lock`)
+    throughout: a second run on the same name fails at once."""
     from exprl.train.engine import init_distributed
     from exprl.train.lock import hold_run_lock
 

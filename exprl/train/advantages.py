@@ -9,7 +9,16 @@ Every estimator has the same signature:
   could not be graded; it gets zero advantages and must be masked out of the loss by the caller).
 * `token_segment_ids`: per rollout, int64 (R_i,), the 0-based segment of each response token; the
   trainer computes it only for estimators registered with `needs_segments=True`, else passes None.
+* `truncated` (only for `needs_segments=True`): per rollout, whether it hit the length limit. Response-level
+  scores of truncated rollouts arrive as 0 (`exprl.train.rollout.score`); per-segment scores arrive as
+  the judge gave them, because the length-limit rule depends on the estimator: process-delta and
+  process-group treat them as all 0 (every advantage 0 for delta), process-end gives -s_T on every
+  token (the official EndNorm: the zeroed reward minus the judge's last-segment score).
 * Returns per rollout a float32 (R_i,) tensor: the advantage of each response token.
+
+GroupNorm (process-group) deviates from the official code on purpose: the official version subtracts the
+group's mean of each rollout's token-averaged segment score and divides by nothing; here every segment
+score of the group counts once in the mean and the std divides (`batching.segment_advantages`).
 
 Adding a variant is adding a function with `@register("name")` (`needs_groups=True` when it normalises
 within a prompt's group of samples, `needs_segments=True` when it reads
@@ -36,6 +45,8 @@ class Estimator:
     name: str
     fn: Callable[..., list[Tensor]]
     # reads per-segment scores and token_segment_ids: needs a judge in process mode (reward.mode: process)
+    # (and `truncated`, with the judge's own scores of truncated rollouts: the estimator applies the
+    # length-limit rule itself)
     needs_segments: bool = False
     # normalises within a prompt's group of samples: with one sample per prompt every advantage is 0
     needs_groups: bool = False
@@ -101,12 +112,16 @@ def _process(mode: str) -> Callable[..., list[Tensor]]:
         *,
         response_lengths: Sequence[int],
         token_segment_ids: Sequence[Tensor],
+        truncated: Sequence[bool] | None = None,
         scale: str = "std",
     ) -> list[Tensor]:
         del scale
         _check_lengths(scores, response_lengths, group_size)
         if len(token_segment_ids) != len(scores):
             raise ValueError(f"token_segment_ids has {len(token_segment_ids)} rows for {len(scores)} scores")
+        truncated = [False] * len(scores) if truncated is None else list(truncated)
+        if len(truncated) != len(scores):
+            raise ValueError(f"truncated has {len(truncated)} entries for {len(scores)} scores")
         width = max(response_lengths, default=0)
         ids = torch.full((len(scores), width), -1, dtype=torch.long)
         rows = []
@@ -125,14 +140,22 @@ def _process(mode: str) -> Callable[..., list[Tensor]]:
                     f"rollout {i}: tokens reach segment {int(seg.max())} but it has {len(score)} scores"
                 )
             ids[i, :n] = seg
-            rows.append(torch.tensor(score, dtype=torch.float32))
+            rows.append(torch.tensor([0.0] * len(score) if truncated[i] else score, dtype=torch.float32))
         per_token = batching.segment_advantages(
             ids, rows, mode=mode, group_size=group_size if mode == "group" else None
         )
-        return [per_token[i, :n].clone() for i, n in enumerate(response_lengths)]
+        out = [per_token[i, :n].clone() for i, n in enumerate(response_lengths)]
+        if mode == "end":
+            for i, score in enumerate(scores):
+                if truncated[i] and score:
+                    out[i].fill_(-float(score[-1]))
+        return out
 
     estimator.__name__ = f"process_{mode}"
-    estimator.__doc__ = f"ExpRL-Process, `exprl.batching.segment_advantages(mode={mode!r})` per token."
+    estimator.__doc__ = (
+        f"ExpRL-Process, `exprl.batching.segment_advantages(mode={mode!r})` per token; truncated rollouts "
+        "as the module docstring says."
+    )
     return estimator
 
 

@@ -52,7 +52,15 @@ class RewardConfig:
     name: str = "rubric"  # a registered reward (exprl.rewards.reward_names())
     mode: Literal["outcome", "process"] = "outcome"  # used by judges only (exprl.rewards.is_judge)
     delimiter: str = SEGMENT_DELIMITER
+    # process judges: grade each segment alone (as published) or with the segments before it
+    process_context: Literal["segment", "prefix"] = "segment"
     options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for build_reward
+    # "reference": the hf judge grades with the trainer's own frozen reference engine (the base model, already
+    # loaded and ZeRO-3 sharded, gathered while scoring) instead of loading another copy from options.path
+    judge_model: Literal["own", "reference"] = "own"
+    # a truncated rollout's reward: "zero" (Stage I as published) or "keep" what the reward gives (Stage II:
+    # a correct answer whose response hit the length limit is still rewarded)
+    truncation: Literal["zero", "keep"] = "zero"
     sparse: str = "exact"  # the verifier behind the reward/sparse and pass_rate metrics (eval: eval.verifier)
     # seconds one call of a python reward or a math verifier may take; past it the rollout is dropped
     timeout_s: float = field(default=60.0, metadata=CHANGEABLE)
@@ -67,6 +75,9 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 64
+    # a system message for the policy, used only with a chat template (exprl.models.PAPER_SYSTEM_PROMPT in
+    # the paper presets; plain prompts, as the tiny tasks', keep their own format)
+    system_prompt: str | None = None
     # ZeRO-3: gather all parameters once per step for sampling (a whole model per GPU, released before
     # training); False = sample from sharded parameters, all ranks in lockstep (less memory, slower)
     gather_parameters: bool = field(default=True, metadata=CHANGEABLE)
@@ -89,7 +100,12 @@ class AlgoConfig:
     dual_clip: float | None = 3.0
     kl_coef: float = 1e-3
     kl_estimator: str = "k3"  # one of exprl.kernels.KL_ESTIMATORS
-    entropy_coef: float = 1e-3
+    entropy_coef: float = 1e-3  # the starting coefficient when entropy_target is set
+    # adapt entropy_coef after every step to hold the policy's mean token entropy near this target:
+    # coef += entropy_rate * (target - entropy), clamped to entropy_coef_bounds (exprl.train.entropy)
+    entropy_target: float | None = None
+    entropy_rate: float = 1e-2
+    entropy_coef_bounds: tuple[float, float] = (0.0, 1e-2)
     loss_agg: str = "token-mean"  # one of exprl.kernels.LOSS_AGGS
     loss_backend: str = "auto"  # one of exprl.kernels.BACKENDS
     # the loss from the final hidden states and the lm_head (exprl.kernels.linear_entropy_pg_loss), no
@@ -133,7 +149,9 @@ class TrainConfig:
     ExpRL-Outcome with the rubric judge on the hard level (3) from the shipped tiny model, on CPU."""
 
     name: str = field(default="exprl-outcome-tiny", metadata=CHANGEABLE)  # a plain directory name
-    method: Literal["rl", "sft"] = "rl"
+    # rl; sft on the references; distill: on-policy self-distillation (the frozen base model, shown the
+    # reference solution, is the teacher; per-token advantage logp_teacher - logp_student)
+    method: Literal["rl", "sft", "distill"] = "rl"
     seed: int = 0
     # optimizer steps (rl: one rollout batch each; sft: one sft.batch_size batch each)
     steps: int = field(default=40, metadata=CHANGEABLE)
@@ -259,6 +277,17 @@ def validate(cfg: TrainConfig, overridden: set[str] | frozenset[str] = frozenset
         if name not in names:
             fail(key, f"unknown reward {name!r}; choose one of {', '.join(names)}")
     _check_reward_options(cfg, fail)
+    if cfg.reward.judge_model == "reference":
+        if cfg.reward.name != "hf":
+            fail(
+                "reward.judge_model",
+                f"'reference' needs the hf judge (reward.name: hf), not {cfg.reward.name!r}",
+            )
+        if "path" in cfg.reward.options or "model" in cfg.reward.options:
+            fail(
+                "reward.options",
+                "reward.judge_model: reference grades with the reference engine: no path/model",
+            )
     if cfg.reward.mode == "process" and not rewards.is_judge(cfg.reward.name):
         judges = ", ".join(n for n in names if rewards.is_judge(n))
         fail("reward.mode", f"process rewards need a judge ({judges}), not {cfg.reward.name!r}")
@@ -283,8 +312,10 @@ def validate(cfg: TrainConfig, overridden: set[str] | frozenset[str] = frozenset
     ):
         if value not in choices:
             fail(key, f"unknown {value!r}; choose one of {', '.join(choices)}")
-    if not 0 <= a.clip_low < 1:  # the ratio's lower bound 1 - clip_low must stay positive
-        fail("algo.clip_low", f"must be in [0, 1), got {a.clip_low}")
+    # the ratio's lower bound is 1 - clip_low; at 1 it is 0, which the positive ratio never meets: no lower
+    # clip (the published Stage II's symmetric epsilon 4 acts so). Above 1 is a typo, not a setting.
+    if not 0 <= a.clip_low <= 1:
+        fail("algo.clip_low", f"must be in [0, 1] (1 = no lower clip), got {a.clip_low}")
     if a.clip_high < 0:
         fail("algo.clip_high", f"must be >= 0, got {a.clip_high}")
     if a.dual_clip is not None and a.dual_clip <= 1:
@@ -298,6 +329,19 @@ def validate(cfg: TrainConfig, overridden: set[str] | frozenset[str] = frozenset
     ):
         if v < 0:
             fail(key, f"must be >= 0, got {v}")
+    if a.entropy_target is not None and a.entropy_target <= 0:
+        fail("algo.entropy_target", f"must be > 0 or null, got {a.entropy_target}")
+    if a.entropy_rate <= 0:
+        fail("algo.entropy_rate", f"must be > 0, got {a.entropy_rate}")
+    low, high = a.entropy_coef_bounds
+    if not 0 <= low <= high:
+        fail("algo.entropy_coef_bounds", f"must be [low, high] with 0 <= low <= high, got {[low, high]}")
+    if a.entropy_target is not None and not low <= a.entropy_coef <= high:
+        fail(
+            "algo.entropy_coef", f"the starting coefficient {a.entropy_coef} lies outside entropy_coef_bounds"
+        )
+    if r.system_prompt is not None and not r.system_prompt.strip():
+        fail("rollout.system_prompt", "must be null or non-empty text")
     if cfg.optim.lr <= 0:
         fail("optim.lr", f"must be > 0, got {cfg.optim.lr}")
     check_eval_settings(cfg.eval, lambda key, why: fail(f"eval.{key}", why))
@@ -310,14 +354,14 @@ def validate(cfg: TrainConfig, overridden: set[str] | frozenset[str] = frozenset
 def _check_reward_options(cfg: TrainConfig, fail) -> None:
     """reward.options must be keyword arguments of the reward's constructor (checked without building it:
     a model judge would load its model)."""
-    accepted = set(rewards.reward_options(cfg.reward.name)) - {"mode", "delimiter"}
+    accepted = set(rewards.reward_options(cfg.reward.name)) - {"mode", "delimiter", "process_context"}
     for key in cfg.reward.options:
         if key not in accepted:
             fail(
                 f"reward.options.{key}",
                 f"not an option of reward {cfg.reward.name!r} "
-                f"(it takes: {', '.join(sorted(accepted))}; mode and delimiter are reward.mode and "
-                "reward.delimiter)",
+                f"(it takes: {', '.join(sorted(accepted))}; mode, delimiter and process_context are "
+                "reward.mode, reward.delimiter and reward.process_context)",
             )
     for key in rewards.required_options(cfg.reward.name):
         if key not in cfg.reward.options and key not in ("mode", "delimiter"):

@@ -179,7 +179,9 @@ def evaluate_policy(engine, tokenizer, cfg: TrainConfig, stage: str) -> dict[str
                 model,
                 tokenizer,
                 cfg.eval,
-                format_prompt=lambda p: prompt_text(p, tokenizer, cfg.model.chat_template),
+                format_prompt=lambda p: prompt_text(
+                    p, tokenizer, cfg.model.chat_template, cfg.rollout.system_prompt
+                ),
                 progress=False,
             )
             result[0] = report.to_dict()

@@ -13,10 +13,11 @@ ranks), so the gradient, and the logged loss, do not depend on the rank count or
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,7 @@ from exprl.train.engine import (
     load_policy,
     seed_everything,
 )
+from exprl.train.entropy import EntropyController
 
 
 def run_rl(cfg: TrainConfig) -> pathlib.Path:
@@ -57,7 +59,9 @@ def run_rl(cfg: TrainConfig) -> pathlib.Path:
     seed_everything(cfg.seed)
     problems = load_problems(cfg.data.train, seed=cfg.seed)
     _, grad_accum = batch_layout(cfg, world)
-    judge, verifier = rollout.build_rewards(cfg)  # before the model: a bad reward.options fails fast
+    on_reference = cfg.reward.judge_model == "reference"  # the judge is the reference engine, built below
+    # before the model: a bad reward.options fails fast
+    judge, verifier = (None, None) if on_reference else rollout.build_rewards(cfg)
     model, tokenizer = load_policy(cfg)
     problems = rollout.fit_context(problems, tokenizer, model.config, cfg, announce=rank == 0)
     if len(problems) < cfg.rollout.prompts_per_step:
@@ -68,9 +72,11 @@ def run_rl(cfg: TrainConfig) -> pathlib.Path:
     fused_linear = fused_linear_head(model, cfg.algo.fused_linear)
     engine = build_engine(model, deepspeed_config(cfg, cfg.algo.micro_batch_size, grad_accum, world))
     ref = None
-    if cfg.algo.kl_coef > 0:
+    if cfg.algo.kl_coef > 0 or on_reference or cfg.method == "distill":
         ref_ds = deepspeed_config(cfg, cfg.algo.micro_batch_size, grad_accum, world, with_optimizer=False)
         ref = build_engine(load_policy(cfg)[0], ref_ds, trainable=False)
+    if on_reference:
+        judge, verifier = rollout.build_rewards(cfg, ref, tokenizer)
 
     state: dict[str, Any] = {
         "step": 0,
@@ -120,14 +126,30 @@ def train_step(
     )
     t1 = time.perf_counter()
     counters_before = rollout.counter_snapshot(judge, verifier)
-    rollout.score(ro, judge, verifier)
+    with judge_weights(ref, cfg):
+        rollout.score(ro, judge, verifier, cfg.reward.truncation)
     t2 = time.perf_counter()
-    token_adv = compute_advantages(ro, tokenizer, cfg)
-    train_stats = optimize(engine, ref, ro, token_adv, tokenizer.pad_token_id, cfg, fused_linear)
+    distill: dict[str, float] = {}
+    if cfg.method == "distill":
+        token_adv = distill_advantages(engine, ref, ro, tokenizer, cfg)
+        gaps = global_sum([-float(sum(a.sum() for a in token_adv)), float(sum(a.numel() for a in token_adv))])
+        distill["distill/reverse_kl"] = gaps[0] / max(gaps[1], 1.0)
+    else:
+        token_adv = compute_advantages(ro, tokenizer, cfg)
+    controller = EntropyController.from_config(cfg.algo, state.get("entropy_coef"))
+    entropy_coef = controller.coef
+    kl_ref = ref if cfg.algo.kl_coef > 0 else None
+    train_stats = optimize(
+        engine, kl_ref, ro, token_adv, tokenizer.pad_token_id, cfg, fused_linear, entropy_coef
+    )
+    if cfg.algo.entropy_target is not None:  # the next step's coefficient, kept in checkpoints
+        state["entropy_coef"] = controller.update(train_stats["entropy"])  # a global mean: ranks agree
     t3 = time.perf_counter()
-    metrics = rollout_metrics(ro, cfg.rollout.group_size, state)
+    metrics = rollout_metrics(ro, cfg.rollout.group_size, state, length_limited(ro, cfg))
     metrics.update(gather_sum(rollout.counter_increments(judge, verifier, counters_before)))
     metrics.update(train_stats)
+    metrics.update(distill)
+    metrics["entropy_coef"] = entropy_coef
     gen_tokens, positions, wasted = global_sum(
         [float(decode.sampled_tokens), float(decode.decode_positions), float(decode.wasted_positions)]
     )
@@ -147,6 +169,17 @@ def train_step(
     return metrics
 
 
+@contextlib.contextmanager
+def judge_weights(ref, cfg: TrainConfig) -> Iterator[None]:
+    """While scoring: the reference engine's parameters gathered on every rank when it is the judge
+    (reward.judge_model: reference; every rank scores every step, so all enter together)."""
+    if cfg.reward.judge_model != "reference":
+        yield
+        return
+    with rollout.generation_mode(ref, gather_parameters=True):
+        yield
+
+
 def compute_advantages(ro: rollout.RolloutGroups, tokenizer, cfg: TrainConfig) -> list[Tensor]:
     """Per rollout, float32 (R_i,) advantages of its response tokens, from the registered estimator."""
     estimator = advantages.get(cfg.algo.advantage)
@@ -155,13 +188,65 @@ def compute_advantages(ro: rollout.RolloutGroups, tokenizer, cfg: TrainConfig) -
         from exprl.rewards.segments import token_segment_ids
 
         segment_ids = [token_segment_ids(ids, tokenizer, cfg.reward.delimiter) for ids in ro.response_ids]
+    extra = {"truncated": length_limited(ro, cfg)} if estimator.needs_segments else {}
     return estimator(
         ro.scores,
         cfg.rollout.group_size,
         response_lengths=[len(r) for r in ro.response_ids],
         token_segment_ids=segment_ids,
         scale=cfg.algo.scale,
+        **extra,
     )
+
+
+def distill_advantages(
+    engine, teacher, ro: rollout.RolloutGroups, tokenizer, cfg: TrainConfig
+) -> list[Tensor]:
+    """On-policy self-distillation: per response token, logp_teacher - logp_student (the negated per-token
+    reverse KL), with the student the policy that sampled the rollouts and the teacher the frozen base
+    model whose prompt shows the reference solution (`exprl.models.teacher_problem`)."""
+    from exprl.models import prompt_text, teacher_problem
+
+    c = cfg.model.chat_template, cfg.rollout.system_prompt
+    teacher_prompts = [
+        torch.tensor(tokenizer(prompt_text(teacher_problem(p), tokenizer, *c))["input_ids"], dtype=torch.long)
+        for p in ro.problems
+    ]
+    student = response_logprobs(engine, ro.prompt_ids, ro, tokenizer.pad_token_id, cfg)
+    taught = response_logprobs(teacher, teacher_prompts, ro, tokenizer.pad_token_id, cfg)
+    return [t - s for t, s in zip(taught, student, strict=True)]
+
+
+def response_logprobs(
+    model, prompt_ids: Sequence[Tensor], ro: rollout.RolloutGroups, pad_id: int, cfg: TrainConfig
+) -> list[Tensor]:
+    """Per rollout, float32 (R_i,) log-probs `model` gives its response tokens after `prompt_ids[i]`, at
+    the rollout temperature, in micro-batches of algo.micro_batch_size (every rank runs as many)."""
+    out = []
+    size = cfg.algo.micro_batch_size
+    with torch.no_grad():
+        for start in range(0, len(ro), size):
+            rows = range(start, min(start + size, len(ro)))
+            batch = batching.build_rollout_batch(
+                [prompt_ids[i] for i in rows],
+                [ro.response_ids[i] for i in rows],
+                pad_id,
+                layout="padded",
+                truncated=[ro.truncated[i] for i in rows],
+            ).to(model.device)
+            logits = model(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids,
+            ).logits
+            logprobs = logprobs_and_entropy(logits, batch.target_ids, temperature=cfg.rollout.temperature)[0]
+            out += [logprobs[b, batch.response_mask[b]].float().cpu() for b in range(len(rows))]
+    return out
+
+
+def length_limited(ro: rollout.RolloutGroups, cfg: TrainConfig) -> list[bool]:
+    """The rollouts the length-limit rule applies to: the truncated ones (none if reward.truncation keep)."""
+    return list(ro.truncated) if cfg.reward.truncation == "zero" else [False] * len(ro)
 
 
 @dataclass
@@ -274,10 +359,12 @@ def optimize(
     pad_id: int,
     cfg: TrainConfig,
     fused_linear: bool,
+    entropy_coef: float | None = None,
 ) -> dict[str, float]:
     """PPO epochs over the rollouts: old/ref log-probs first, then mini-batch optimizer steps with
     gradient accumulation over micro-batches. Returns global means (loss, entropy, kl, clip_frac, ...).
-    fused_linear: the loss and the log-prob passes take hidden states and the lm_head, never logits."""
+    fused_linear: the loss and the log-prob passes take hidden states and the lm_head, never logits.
+    `entropy_coef` overrides algo.entropy_coef (the adaptive coefficient of algo.entropy_target)."""
     a, world = cfg.algo, dist.get_world_size()
     temperature = cfg.rollout.temperature
     mbs = micro_batches(ro, token_adv, pad_id, a.micro_batch_size, engine.device)
@@ -309,7 +396,7 @@ def optimize(
                     dual_clip=a.dual_clip,
                     kl_coef=a.kl_coef,
                     kl_estimator=a.kl_estimator,
-                    entropy_coef=a.entropy_coef,
+                    entropy_coef=a.entropy_coef if entropy_coef is None else entropy_coef,
                     loss_agg=a.loss_agg,
                     norm_tokens=max(n_tokens, 1.0) if a.loss_agg == "token-mean" else None,
                     max_len=cfg.rollout.max_new_tokens if a.loss_agg == "seq-mean-token-sum-norm" else None,
@@ -342,11 +429,16 @@ def optimize(
     }
 
 
-def rollout_metrics(ro: rollout.RolloutGroups, group_size: int, state: dict[str, Any]) -> dict[str, float]:
+def rollout_metrics(
+    ro: rollout.RolloutGroups, group_size: int, state: dict[str, Any], limited: Sequence[bool] | None = None
+) -> dict[str, float]:
     """Global rollout statistics; also updates the run's record of prompts that were unsolved at their
-    first appearance and later solved (`state`, saved in checkpoints)."""
-    kept = [s for s in ro.scores if s is not None]
-    judge_sum = sum(float(np.mean(s)) if isinstance(s, list) else float(s) for s in kept)
+    first appearance and later solved (`state`, saved in checkpoints). `limited`: the rollouts whose
+    per-segment scores count as 0 (`length_limited`; default none)."""
+    limited = [False] * len(ro) if limited is None else limited
+    kept = [(s, t) for s, t in zip(ro.scores, limited, strict=True) if s is not None]
+    # per-segment scores of truncated rollouts are the judge's own (the estimators apply the length rule)
+    judge_sum = sum(0.0 if t else float(np.mean(s)) if isinstance(s, list) else float(s) for s, t in kept)
     solved = [max(ro.correct[i : i + group_size]) > 0 for i in range(0, len(ro), group_size)]
     ids = [ro.problems[i].id for i in range(0, len(ro), group_size)]
     n, kept_n, judge_sum, correct_sum, solved_sum, length_sum, trunc_sum = global_sum(

@@ -126,7 +126,10 @@ def generate(
         samples, stats = sample_with_stats(
             model,
             tokenizer,
-            [prompt_text(problem, tokenizer, cfg.model.chat_template) for problem in problems],
+            [
+                prompt_text(problem, tokenizer, cfg.model.chat_template, r.system_prompt)
+                for problem in problems
+            ],
             r.group_size,
             max_new_tokens=r.max_new_tokens,
             temperature=r.temperature,
@@ -144,13 +147,17 @@ def generate(
     return out, stats
 
 
-def score(rollouts: RolloutGroups, judge: RewardSource, verifier: RewardSource) -> None:
+def score(
+    rollouts: RolloutGroups, judge: RewardSource, verifier: RewardSource, truncation: str = "zero"
+) -> None:
     """Fill `rollouts.scores` (judge) and `rollouts.correct` (sparse verifier) in place.
 
-    Contract (docs/design.md §1): a truncated rollout gets reward 0 (per segment: all zeros, so all its
-    process advantages are 0); a rollout the judge cannot grade (None) is dropped (None), as is a segment
-    list whose length disagrees with the response's segments. A judge that raises is a bug: the error
-    propagates.
+    Contract (docs/design.md §1): a truncated rollout gets reward 0 (truncation "zero"; "keep", Stage II
+    as published, leaves the reward as given, so a right answer cut short still counts); its per-segment
+    scores stay as the judge gave them, and the process estimator applies the length-limit rule
+    (exprl.train.advantages: EndNorm's differs); a rollout the judge cannot grade (None) is dropped
+    (None), as is a segment list whose length disagrees with the response's segments. A judge that raises
+    is a bug: the error propagates.
     """
     from exprl.rewards.segments import split_segments
 
@@ -170,9 +177,9 @@ def score(rollouts: RolloutGroups, judge: RewardSource, verifier: RewardSource) 
                 judge.counters["segment_mismatch"] = judge.counters.get("segment_mismatch", 0) + 1
                 scores[i] = None
                 continue
-            scores[i] = [0.0] * len(s) if rollout.truncated else [float(v) for v in s]
+            scores[i] = [float(v) for v in s]
         else:
-            scores[i] = 0.0 if rollout.truncated else float(s)
+            scores[i] = 0.0 if rollout.truncated and truncation == "zero" else float(s)
     rollouts.scores = scores
     correct = verifier.score(batch)
     rollouts.correct = [0.0 if c is None else float(c) for c in correct]
@@ -197,15 +204,22 @@ def counter_snapshot(judge: RewardSource, verifier: RewardSource) -> dict[str, d
     return {"judge": dict(judge.counters), "verifier": dict(verifier.counters)}
 
 
-def build_rewards(cfg: TrainConfig) -> tuple[RewardSource, RewardSource]:
+def build_rewards(cfg: TrainConfig, reference=None, tokenizer=None) -> tuple[RewardSource, RewardSource]:
     """(judge, sparse verifier) from `cfg.reward`. Judges get the mode and delimiter; verifiers grade the
     final answer only. Rewards that may never return get `reward.timeout_s` per call. An error building
-    the judge names the config file and reward.options."""
+    the judge names the config file and reward.options. With reward.judge_model "reference" the hf judge
+    gets the frozen `reference` engine's module and the policy's `tokenizer` (score under
+    `generation_mode(reference)`: whole weights)."""
     from exprl.rewards import build_reward, is_judge
 
     options = dict(cfg.reward.options)
+    if cfg.reward.judge_model == "reference":
+        if reference is None:
+            raise ValueError("reward.judge_model: reference needs the trainer's reference engine")
+        options.update(model=reference.module, tokenizer=tokenizer)
     if is_judge(cfg.reward.name):  # judges grade against the reference, per response or per segment
-        options.update(mode=cfg.reward.mode, delimiter=cfg.reward.delimiter)
+        r = cfg.reward
+        options.update(mode=r.mode, delimiter=r.delimiter, process_context=r.process_context)
     try:
         judge = build_reward(cfg.reward.name, call_timeout_s=cfg.reward.timeout_s, **options)
     except (ValueError, TypeError, FileNotFoundError) as error:

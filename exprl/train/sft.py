@@ -52,7 +52,11 @@ def sft_examples(
         )
     out = []
     for p in problems:
-        prompt = torch.tensor(tokenizer(prompt_text(p, tokenizer, cfg.model.chat_template))["input_ids"])
+        prompt = torch.tensor(
+            tokenizer(prompt_text(p, tokenizer, cfg.model.chat_template, cfg.rollout.system_prompt))[
+                "input_ids"
+            ]
+        )
         answer = tokenizer(p.reference, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         out.append((prompt.long(), torch.tensor(answer, dtype=torch.long)))
     return out

@@ -1,4 +1,4 @@
-"""The self-distillation baseline (rejection-sampling fine-tuning, as in STaR / RFT).
+"""The RFT baseline (rejection-sampling fine-tuning on the model's own verified samples, as in STaR).
 
 The model samples `group_size` completions for each problem that an RL run would draw (the same problems,
 in the same order, with the same number of samples), keeps the completions the sparse verifier accepts,

@@ -8,8 +8,8 @@ from safetensors.torch import load_file
 
 from exprl.data import Problem, load_problems
 from exprl.experiment.config import StageSettings
-from exprl.experiment.self_distill import collect_correct_samples, write_records
-from exprl.experiment.stages import StageSpec, self_distill_stage
+from exprl.experiment.rft import collect_correct_samples, write_records
+from exprl.experiment.stages import StageSpec, rft_stage
 
 
 def test_keeps_each_distinct_verified_completion_once():
@@ -44,7 +44,7 @@ def test_records_load_as_problems_and_repeat_to_a_full_batch(tmp_path):
 
 
 @pytest.mark.slow
-def test_self_distill_stage_trains_on_the_models_own_correct_answers(tmp_path):
+def test_rft_stage_trains_on_the_models_own_correct_answers(tmp_path):
     model, tokenizer = bigram_policy(0.5)
     model.save_pretrained(tmp_path / "base")
     tokenizer.save_pretrained(tmp_path / "base")
@@ -58,14 +58,14 @@ def test_self_distill_stage_trains_on_the_models_own_correct_answers(tmp_path):
         "rollout.max_new_tokens=8", "optim.lr=1e-2", "progress=false",
     ]  # fmt: skip
     spec = StageSpec(
-        "self-distill", 1, tmp_path / "base", tmp_path / "runs" / "stage1",
-        StageSettings(config=tmp_path / "sft.yaml", kind="self-distill"), 2, 0, overrides,
+        "rft", 1, tmp_path / "base", tmp_path / "runs" / "stage1",
+        StageSettings(config=tmp_path / "sft.yaml", kind="rft"), 2, 0, overrides,
     )  # fmt: skip
-    result = self_distill_stage(spec)
+    result = rft_stage(spec)
 
     # 2 steps x 2 prompts x 4 samples drawn; only "Answer:7" is correct, kept once per problem.
     assert result.extra["samples"] == 16 and result.extra["sampled tokens"] == 48
-    kept = [json.loads(x) for x in (spec.run_dir / "self_distill.jsonl").read_text().splitlines()]
+    kept = [json.loads(x) for x in (spec.run_dir / "rft.jsonl").read_text().splitlines()]
     assert {r["reference"] for r in kept} == {"Answer:7"} and len(kept) == max(result.extra["kept"], 4)
     steps = [json.loads(x)["step"] for x in result.metrics_path.read_text().splitlines()]
     assert steps == [1, 2]
