@@ -255,7 +255,8 @@ def test_run_with_entropy_bonus_and_rubric_judge_trains_and_logs_exprl_stats(tmp
 
 def test_exprl_reward_grades_against_the_reference_column():
     reward = exprl_reward("rubric")
-    # rubric outcome grade: 1 + floor(4 e / n) with n = 3 key results (two steps and the answer)
+    # rubric outcome grades (exprl.rewards.rubric): the reference is right and sufficient, 5 -> 1.0;
+    # "5*3=15" establishes one of the two intermediate results and gives no answer, 3 -> 0.5; empty, 1 -> 0
     scores = reward(
         prompts=["Q: 5*3*6\nA: "] * 3,
         completions=[REFERENCE, "5*3=15", ""],
@@ -263,7 +264,7 @@ def test_exprl_reward_grades_against_the_reference_column():
         reference=[REFERENCE] * 3,
         answer=["90"] * 3,
     )
-    assert scores == [1.0, 0.25, 0.0]
+    assert scores == [1.0, 0.5, 0.0]
     assert reward.__name__ == "rubric" and reward.granularity == "response"
 
 
@@ -353,9 +354,9 @@ def test_per_token_reward_adds_its_scores_to_the_sequence_advantage(tmp_path):
 def test_process_judge_gives_delta_norm_advantages_per_segment(tmp_path):
     trainer, batch = scored_batch(tmp_path, exprl_reward("rubric", mode="process"), COMPLETIONS)
     tokenizer = trainer.processing_class
-    # rubric process grades against 5*3=15, 15*6=90, Answer: 90: a contradiction is 1 (reward 0), a
-    # newly established result 5 (reward 1), an irrelevant step 3 (reward 0.5)
-    segment_rewards = [[0.0, 1.0, 1.0], [1.0, 0.0], [1.0, 1.0], [1.0, 0.5]]
+    # rubric process grades against 5*3=15, 15*6=90, Answer: 90, each segment alone: a contradiction is 1
+    # (reward 0), an established result 5 (reward 1), a segment with no claim at all ("x") 2 (reward 0.25)
+    segment_rewards = [[0.0, 1.0, 1.0], [1.0, 0.0], [1.0, 1.0], [1.0, 0.25]]
     for b, s in enumerate(segment_rewards):
         delta = [s[0] - s[-1]] + [s[t] - s[t - 1] for t in range(1, len(s))]  # DeltaNorm
         ids = batch["completion_ids"][b, : int(batch["completion_mask"][b].sum())].tolist()

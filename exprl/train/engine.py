@@ -203,9 +203,10 @@ def fused_linear_head(model: torch.nn.Module, setting: str | bool, key: str = "a
     of logits, by `setting`: "auto" when the model allows it, True demands it (ValueError naming `key`
     when it does not), False never.
 
-    A model allows it when its output layer is a plain `torch.nn.Linear` (tied to the input embeddings or
-    not), its forward takes Hugging Face's `logits_to_keep` (`forward_hidden` selects rows with it), and
-    its config transforms no logits after the lm_head.
+    A model allows it when its output layer is a plain `torch.nn.Linear` tied to the input embeddings, its
+    forward takes Hugging Face's `logits_to_keep` (`forward_hidden` selects rows with it), and its config
+    transforms no logits after the lm_head. An untied lm_head is not taken yet: the backward of its
+    empty-slice call in `forward_hidden` meets the weight already partitioned again by ZeRO-3.
     """
     if setting is False:
         return False
@@ -213,6 +214,8 @@ def fused_linear_head(model: torch.nn.Module, setting: str | bool, key: str = "a
     reason = None
     if type(head) is not torch.nn.Linear:
         reason = f"its output layer is {type(head).__name__}, not a plain torch.nn.Linear"
+    elif head.weight is not model.get_input_embeddings().weight:
+        reason = "its lm_head is not tied to the input embeddings (untied heads are not supported yet)"
     elif "logits_to_keep" not in inspect.signature(model.forward).parameters:
         reason = f"{type(model).__name__}.forward takes no logits_to_keep"
     else:
@@ -220,7 +223,9 @@ def fused_linear_head(model: torch.nn.Module, setting: str | bool, key: str = "a
         if transforms:
             reason = f"its config transforms the logits after the lm_head ({', '.join(transforms)})"
     if reason is not None and setting is True:
-        raise ValueError(f"{key}: true needs a model with a plain linear lm_head, but {reason}")
+        raise ValueError(
+            f"{key}: true needs a plain linear lm_head tied to the input embeddings, but {reason}"
+        )
     return reason is None
 
 
