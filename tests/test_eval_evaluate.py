@@ -153,18 +153,6 @@ def test_format_prompt_decides_what_the_model_reads():
     assert report.splits["test"].pass_at_k[1] == 0.0
 
 
-def test_scoring_in_single_rows_when_logits_would_be_large(monkeypatch):
-    import exprl.eval.evaluation as evaluation
-
-    model, tokenizer = bigram_policy(0.5)
-    kwargs = dict(n=4, ks=[1], temperature=1.0, max_new_tokens=8, seed=2, batch_size=8, progress=False)
-    whole = evaluate(model, tokenizer, problems(2, 1), **kwargs)
-    monkeypatch.setattr(evaluation, "MAX_LOGITS_ELEMENTS", 1)  # forces one sequence per scoring forward
-    single = evaluate(model, tokenizer, problems(2, 1), **kwargs)
-    assert single.splits["test"].mean_entropy == pytest.approx(whole.splits["test"].mean_entropy, rel=1e-6)
-    assert single.to_dict()["problems"] == whole.to_dict()["problems"]
-
-
 def test_cli_names_the_file_and_line_of_undecodable_problems(tmp_path, capsys):
     tasks = tmp_path / "b.jsonl"
     tasks.write_bytes(b'{"problem":"x\xff","answer":"2"}\n')

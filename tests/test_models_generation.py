@@ -199,6 +199,29 @@ def test_decode_stats_count_the_rows_kept_after_they_finished(stopping_model, to
     assert compacted.decode_positions == sum(n - 1 for n in lengths)
 
 
+@pytest.mark.parametrize(
+    ("temperature", "top_p", "greedy"), [(1.0, 1.0, False), (0.7, 0.6, False), (1.0, 1.0, True)]
+)
+def test_entropy_is_that_of_the_tempered_distribution_at_each_response_token(
+    stopping_model, tokenizer, temperature, top_p, greedy
+):
+    """with_entropy: at every response token, the entropy of softmax(logits / T) before the nucleus cut,
+    recomputed here from one unpadded, cache-free forward over prompt + response."""
+    samples = sample(
+        stopping_model, tokenizer, FOUR, 3, max_new_tokens=20, temperature=temperature, top_p=top_p,
+        greedy=greedy, generator_seed=6, with_entropy=True,
+    )  # fmt: skip
+    assert len({len(s.response_ids) for s in samples}) > 1  # rows finished (and were cut out) apart
+    for s in samples:
+        ids = torch.cat([s.prompt_ids, s.response_ids])[None]
+        with torch.no_grad():
+            logits = stopping_model(ids).logits[0, len(s.prompt_ids) - 1 : -1].double() / temperature
+        expected = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)
+        assert s.entropy.dtype == torch.float32 and s.entropy.shape == s.response_ids.shape
+        torch.testing.assert_close(s.entropy.double(), expected, atol=1e-5, rtol=1e-5)
+    assert sample(stopping_model, tokenizer, FOUR[:1], 1, max_new_tokens=4)[0].entropy is None
+
+
 def first_token_distribution(model, tokenizer, prompt: str, temperature: float, top_p: float) -> torch.Tensor:
     """The target of one draw, computed directly: softmax(logits / T) cut to the top-p nucleus."""
     ids = torch.tensor([tokenizer(prompt)["input_ids"]])

@@ -3,7 +3,7 @@
 For each problem we sample `n` completions from the bare prompt, grade each with a sparse verifier
 (1 = correct final answer), and estimate pass@k with the unbiased estimator. The token entropy is the
 entropy of the policy's next-token distribution (at the sampling temperature) at every sampled response
-token, recomputed from the policy's logits with `exprl.kernels.logprobs_and_entropy`.
+token, taken by the sampler from the logits it draws the token from (`sample(..., with_entropy=True)`).
 """
 
 import math
@@ -15,14 +15,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from exprl.batching import build_rollout_batch
 from exprl.data import Problem
 from exprl.eval.passk import pass_at_k
 from exprl.eval.report import EvalReport, ProblemResult, SplitMetrics
 from exprl.eval.settings import EvalSettings
-from exprl.kernels import logprobs_and_entropy
 from exprl.models import load_model_and_tokenizer, prompt_text
-from exprl.models.generation import Sample, sample
+from exprl.models.generation import sample
 from exprl.rewards import Rollout, build_reward
 
 # Report splits in this order; unknown split names follow alphabetically.
@@ -47,48 +45,6 @@ def _validate(problems: Sequence[Problem], n: int, ks: Sequence[int], temperatur
     return sorted(set(int(k) for k in ks))
 
 
-# Upper bound on the logits of one scoring forward (B x L x V elements): 2^27 fp32 values = 512 MiB.
-MAX_LOGITS_ELEMENTS = 1 << 27
-
-
-@torch.no_grad()
-def response_token_entropy(
-    model: torch.nn.Module,
-    samples: Sequence[Sample],
-    *,
-    temperature: float,
-    batch_size: int,
-    pad_id: int,
-) -> list[torch.Tensor]:
-    """Entropy (nats, fp32) of the policy's next-token distribution at each sampled response token.
-
-    Returns one tensor of shape (R_i,) per sample, R_i = len(samples[i].response_ids). The sequences
-    prompt + response are re-run through `model` (right-padded by `exprl.batching.build_rollout_batch`) at
-    most `batch_size` at a time, fewer when the logits would pass MAX_LOGITS_ELEMENTS.
-    """
-    if not samples:
-        return []
-    device = next(model.parameters()).device
-    vocab = model.get_output_embeddings().weight.shape[0]
-    longest = max(len(s.prompt_ids) + len(s.response_ids) for s in samples)
-    rows = max(1, min(batch_size, MAX_LOGITS_ELEMENTS // (longest * vocab)))
-    out: list[torch.Tensor] = []
-    for start in range(0, len(samples), rows):
-        chunk = samples[start : start + rows]
-        batch = build_rollout_batch(
-            [s.prompt_ids.long() for s in chunk], [s.response_ids.long() for s in chunk], pad_id
-        ).to(device)
-        logits = model(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
-        ).logits
-        # response_mask marks, in order, the positions whose next token is a response token.
-        _, entropy = logprobs_and_entropy(
-            logits[batch.response_mask], batch.target_ids[batch.response_mask], temperature=temperature
-        )
-        out.extend(entropy.float().cpu().split([len(s.response_ids) for s in chunk]))
-    return out
-
-
 def evaluate(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -107,7 +63,7 @@ def evaluate(
     """Sample `n` completions per problem, grade them with the sparse `verifier`, aggregate per split.
 
     `temperature` 0 means greedy decoding (entropy is then measured at temperature 1). `batch_size`
-    counts sequences per generation / scoring batch. Sampling is seeded: the same arguments (batch_size
+    counts sequences per generation batch. Sampling is seeded: the same arguments (batch_size
     included, since batch composition changes padding) give the same report. `format_prompt` turns a
     problem into the model's input text (default: `problem.prompt`; pass the trainer's chat-template
     wrapper to evaluate a chat model the way it was trained).
@@ -121,7 +77,6 @@ def evaluate(
     reward = build_reward(verifier)
     greedy = temperature == 0
     entropy_temperature = 1.0 if greedy else float(temperature)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     was_training = model.training
     model.eval()
@@ -146,6 +101,7 @@ def evaluate(
                     greedy=greedy,
                     batch_size=batch_size,
                     generator_seed=seed + call,
+                    with_entropy=True,
                 )
                 scores = reward.score(
                     [
@@ -153,16 +109,13 @@ def evaluate(
                         for s in samples
                     ]
                 )
-                token_entropy = response_token_entropy(
-                    model, samples, temperature=entropy_temperature, batch_size=batch_size, pad_id=pad_id
-                )
                 for j in range(len(chunk)):
                     mine = [i for i, s in enumerate(samples) if s.prompt_index == j]
                     correct.append(sum(1 for i in mine if scores[i] is not None and scores[i] >= 0.5))
                     ungraded.append(sum(1 for i in mine if scores[i] is None))
                     truncated.append(sum(1 for i in mine if samples[i].truncated))
                     lengths.append([len(samples[i].response_ids) for i in mine])
-                    entropies.append([float(token_entropy[i].sum()) for i in mine])
+                    entropies.append([float(samples[i].entropy.sum()) for i in mine])
                 bar.update(len(chunk))
     finally:
         model.train(was_training)

@@ -13,6 +13,8 @@ How a call runs (one batched decode for all prompts x samples, or ``batch_size``
   rows share its batch, on the batch size or on the rank that samples it;
 * rows that emitted an eos token stop costing: once a quarter of the batch has finished, the finished rows
   are cut out of the batch and of the KV cache (`compact_fraction`);
+* on request (``with_entropy``), the entropy of the distribution each response token was drawn from comes
+  from the same logits, so an evaluation needs no second forward over the responses;
 * the output rows are cut at their first eos by `exprl.batching.split_generation` (the compiled op).
 """
 
@@ -32,6 +34,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, StaticLayer
 
 from exprl import batching
+from exprl.kernels import logprobs_and_entropy
 
 
 @dataclass
@@ -41,7 +44,8 @@ class Sample:
     ``prompt_ids``: int64 [P], the prompt's tokens without padding. ``response_ids``: int64 [R], the
     generated tokens without padding, ending with the eos token when the model stopped by itself.
     ``text``: the decoded response, special tokens skipped. ``truncated``: stopped at
-    ``max_new_tokens`` without emitting eos.
+    ``max_new_tokens`` without emitting eos. ``entropy``: float32 [R] when asked for (``with_entropy``),
+    the entropy of softmax(logits / temperature) at each response token.
     """
 
     prompt_index: int
@@ -49,6 +53,7 @@ class Sample:
     response_ids: torch.Tensor
     text: str
     truncated: bool
+    entropy: torch.Tensor | None = None
 
 
 @dataclass
@@ -127,6 +132,7 @@ def sample_with_stats(
     prompt_seeds: Sequence[int] | None = None,
     compact_fraction: float = 0.25,
     compile_decoding: bool = False,
+    with_entropy: bool = False,
 ) -> tuple[list[Sample], DecodeStats]:
     """Generate ``num_samples`` completions for each prompt, returned prompt-major (all samples of
     prompt 0, then prompt 1, ...), so sample ``i`` belongs to prompt ``i // num_samples``; and what it
@@ -136,7 +142,8 @@ def sample_with_stats(
     from the stream ``stream_seed(prompt_seeds[i], j)`` when ``prompt_seeds`` is given, else
     ``stream_seed(stream_seed(generator_seed, i), j)``; without either, the base seed is drawn from
     torch's global RNG. The caller's RNG state is left alone when a seed is given. ``greedy`` ignores
-    ``temperature`` and ``top_p``; ``compact_fraction`` and ``compile_decoding`` as in `sample_tokens`.
+    ``temperature`` and ``top_p``; ``compact_fraction``, ``compile_decoding`` and ``with_entropy`` as in
+    `sample_tokens`.
     """
     if not isinstance(prompts, list | tuple) or not all(isinstance(p, str) for p in prompts):
         raise TypeError("prompts must be a list of str")
@@ -158,7 +165,9 @@ def sample_with_stats(
         batch_size=batch_size,
         compact_fraction=compact_fraction,
         compile_decoding=compile_decoding,
+        with_entropy=with_entropy,
     )
+    entropy = out.entropy if with_entropy else [None] * len(out.response_ids)
     samples = [
         Sample(
             i // num_samples,
@@ -166,9 +175,10 @@ def sample_with_stats(
             response,
             tokenizer.decode(response.tolist(), skip_special_tokens=True),
             cut,
+            token_entropy,
         )
-        for i, (prompt, response, cut) in enumerate(
-            zip(out.prompt_ids, out.response_ids, out.truncated, strict=True)
+        for i, (prompt, response, cut, token_entropy) in enumerate(
+            zip(out.prompt_ids, out.response_ids, out.truncated, entropy, strict=True)
         )
     ]
     return samples, out.stats
@@ -179,13 +189,14 @@ class TokenSamples:
     """The rows of `sample_tokens`, prompt-major: row i is sample i % G of prompt i // G.
 
     ``prompt_ids``: int64 [P] per row (the prompt, unpadded); ``response_ids``: int64 [R] per row, ending
-    with an eos token unless ``truncated``.
+    with an eos token unless ``truncated``; ``entropy``: float32 [R] per row (``with_entropy``; else empty).
     """
 
     prompt_ids: list[Tensor]
     response_ids: list[Tensor]
     truncated: list[bool]
     stats: DecodeStats
+    entropy: list[Tensor]
 
 
 @torch.no_grad()
@@ -204,6 +215,7 @@ def sample_tokens(
     batch_size: int | None = None,
     compact_fraction: float = 0.25,
     compile_decoding: bool = False,
+    with_entropy: bool = False,
 ) -> TokenSamples:
     """`num_samples` responses to each prompt (1-D int64 token ids), the tokens-in, tokens-out core of
     `sample`: sample j of prompt i draws from the stream `stream_seed(prompt_seeds[i], j)`.
@@ -216,6 +228,10 @@ def sample_tokens(
     through `torch.compile(mode="reduce-overhead")` (CUDA graphs; compiled once per process, recorded
     once per shape). Elsewhere the static cache runs eagerly: the responses are those of the default
     path, which the CPU tests check.
+
+    ``with_entropy``: also return, per row, the entropy (nats, float32) of softmax(logits / temperature)
+    (before top-p truncation; greedy decoding takes the given temperature) at each response token, from
+    the logits the token was drawn from.
     """
     _check_sampling(num_samples, max_new_tokens, temperature, top_p, batch_size, compact_fraction)
     if len(prompt_seeds) != len(prompt_ids) or not all(isinstance(s, int) for s in prompt_seeds):
@@ -229,7 +245,7 @@ def sample_tokens(
             raise ValueError(f"prompts[{index}] encodes to no tokens")
     if not eos_ids:
         raise ValueError("eos_ids must name at least one token")
-    out = TokenSamples([], [], [], DecodeStats())
+    out = TokenSamples([], [], [], DecodeStats(), [])
     rows = [(i, j) for i in range(len(prompt_ids)) for j in range(num_samples)]
     step = batch_size or max(len(rows), 1)
     decoder = _Decoder(
@@ -242,6 +258,7 @@ def sample_tokens(
         greedy,
         compact_fraction,
         compile_decoding,
+        with_entropy,
     )
     was_training = model.training
     model.eval()
@@ -249,11 +266,15 @@ def sample_tokens(
         for start in range(0, len(rows), step):
             chunk = rows[start : start + step]
             streams = [random.Random(stream_seed(prompt_seeds[i], j)) for i, j in chunk]
-            split, stats = decoder.run([prompt_ids[i].cpu() for i, _ in chunk], streams)
+            split, stats, entropy = decoder.run([prompt_ids[i].cpu() for i, _ in chunk], streams)
             out.stats.add(stats)
             out.prompt_ids += [p.clone() for p in split.prompts]
             out.response_ids += [r.clone() for r in split.responses]
             out.truncated += split.truncated.tolist()
+            if entropy is not None:
+                out.entropy += [
+                    row[: len(r)].clone() for row, r in zip(entropy, split.responses, strict=True)
+                ]
     finally:
         model.train(was_training)
     out.stats.sampled_tokens = sum(len(r) for r in out.response_ids)
@@ -273,6 +294,7 @@ class _Decoder:
     greedy: bool
     compact_fraction: float
     compile_decoding: bool
+    with_entropy: bool = False
 
     def __post_init__(self):
         self.device = next(self.model.parameters()).device
@@ -289,9 +311,10 @@ class _Decoder:
 
     def run(
         self, row_prompts: list[Tensor], streams: list[random.Random]
-    ) -> tuple[batching.GeneratedBatch, DecodeStats]:
+    ) -> tuple[batching.GeneratedBatch, DecodeStats, Tensor | None]:
         """Decode one row per entry of `row_prompts` (1-D int64); row b draws its uniforms from
-        `streams[b]`. Returns the rows cut at their first eos, and the cost."""
+        `streams[b]`. Returns the rows cut at their first eos, the cost, and with `with_entropy` the
+        float32 (rows, max_new_tokens) entropies of the steps (row b's response: its first R_b)."""
         stats = DecodeStats()
         # one prefill row per run of equal consecutive prompts (the G samples of a prompt)
         is_first = [b == 0 or not _same(row_prompts[b], row_prompts[b - 1]) for b in range(len(row_prompts))]
@@ -315,10 +338,14 @@ class _Decoder:
         responses = torch.full((batch, self.max_new_tokens), self.pad_id, dtype=torch.long)
         live = torch.arange(batch)  # original row of each batch row
         finished = torch.zeros(batch, dtype=torch.bool)  # per batch row
+        entropy = torch.zeros(batch, self.max_new_tokens) if self.with_entropy else None
         for step in range(self.max_new_tokens):
             draws = [streams[b].random() for b in live.tolist()]
-            tokens = self._pick(logits, draws).cpu()
-            tokens = torch.where(finished, self.pad_id, tokens)
+            picked = self._pick(logits, draws)
+            if entropy is not None:
+                _, step_entropy = logprobs_and_entropy(logits, picked, temperature=self.temperature)
+                entropy[live[~finished], step] = step_entropy.cpu()[~finished]
+            tokens = torch.where(finished, self.pad_id, picked.cpu())
             responses[live[~finished], step] = tokens[~finished]
             finished |= torch.isin(tokens, self.eos.cpu())
             if step == self.max_new_tokens - 1 or self._all_done(bool(finished.all())):
@@ -343,7 +370,7 @@ class _Decoder:
         prompts = prompt_ids[owner]
         sequences = torch.cat([prompts, responses], dim=1)
         prompt_lengths = prompt_mask[owner].sum(1)
-        return batching.split_generation(sequences, prompt_lengths, width, self.eos_ids), stats
+        return batching.split_generation(sequences, prompt_lengths, width, self.eos_ids), stats, entropy
 
     def _new_cache(self, capacity: int) -> Cache:
         """A KV cache that writes in place into buffers of `capacity` positions, when every layer of the
