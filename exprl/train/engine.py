@@ -287,8 +287,9 @@ def forward_hidden(engine: Any, batch: Any, positions: Tensor) -> Tensor:
 @contextlib.contextmanager
 def gathered_head(engine: Any) -> Iterator[tuple[Tensor, Tensor | None]]:
     """The lm_head's (weight, bias) of `engine` (DeepSpeed's, or a bare model), whole for the duration:
-    ZeRO-3 partitions them, so they are gathered (`deepspeed.zero.GatheredParameters`; a no-op on the
-    parameters of a bare model) and partitioned again on exit.
+    ZeRO-3 partitions an engine's, so they are gathered (`deepspeed.zero.GatheredParameters`) and
+    partitioned again on exit. A bare model's are taken as they are: not ZeRO-3's, or a module that
+    `rollout.generation_mode` holds gathered (whose gathering this must not nest).
 
     Gradients computed from them inside reach DeepSpeed the usual way: autograd accumulates the full
     (V, H) gradient into the parameter, whose gradient hook reduce-scatters it into this rank's partition.
@@ -296,7 +297,11 @@ def gathered_head(engine: Any) -> Iterator[tuple[Tensor, Tensor | None]]:
     """
     import deepspeed
 
-    head = getattr(engine, "module", engine).get_output_embeddings()
+    if not hasattr(engine, "module"):
+        head = engine.get_output_embeddings()
+        yield head.weight, head.bias
+        return
+    head = engine.module.get_output_embeddings()
     params = [p for p in (head.weight, head.bias) if p is not None]
     with deepspeed.zero.GatheredParameters(params):
         yield head.weight, head.bias

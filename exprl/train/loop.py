@@ -370,10 +370,15 @@ def optimize(
     mbs = micro_batches(ro, token_adv, pad_id, a.micro_batch_size, engine.device)
     on_policy = a.ppo_epochs == 1 and a.mini_batches == 1  # old == current policy: ratio is exactly 1
     with torch.no_grad():
-        for mb in mbs:
-            if ref is not None:
-                mb.ref_logprobs = policy_logprobs(ref, mb, temperature, fused_linear)
-            if not on_policy:
+        if ref is not None:
+            # gathered (as for sampling, by rollout.gather_parameters), the reference runs without ZeRO-3's
+            # per-module fetch hooks, a third of its forward's CPU time on the tiny model
+            gathered = cfg.rollout.gather_parameters
+            with rollout.generation_mode(ref, True) if gathered else contextlib.nullcontext(ref) as ref_model:
+                for mb in mbs:
+                    mb.ref_logprobs = policy_logprobs(ref_model, mb, temperature, fused_linear)
+        if not on_policy:
+            for mb in mbs:
                 mb.old_logprobs = policy_logprobs(engine, mb, temperature, fused_linear)
     per_mini = len(mbs) // a.mini_batches
     sums = {"loss": 0.0, "entropy": 0.0, "kl": 0.0, "clip_frac": 0.0}
