@@ -38,10 +38,14 @@ def toy(tiny_models, request):
 def partitioned(toy, tmp_path, name: str, *extra: str):
     """A toy config file whose DeepSpeed JSON is exprl's own ZeRO-3 config with every parameter partitioned:
     DeepSpeed keeps parameters below `stage3_param_persistence_threshold` whole on every rank, which would
-    be all of the tiny model's (a real lm_head is far above it)."""
+    be all of the tiny model's (a real lm_head is far above it). Every parameter is also partitioned again
+    after each use, no prefetch and no reuse distance: else, once DeepSpeed has traced a step, the lm_head
+    stays whole from its forward to its backward, and the gather its backward needs would go untested."""
     cfg = load_config(toy_config_file(toy, tmp_path, name, *extra))
     ds = deepspeed_config(cfg, 1, 1, 1)
-    ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    ds["zero_optimization"].update(
+        stage3_param_persistence_threshold=0, stage3_max_reuse_distance=0, stage3_prefetch_bucket_size=0
+    )
     ds_file = tmp_path / f"{name}-deepspeed.json"
     ds_file.write_text(json.dumps(ds))
     return toy_config_file(toy, tmp_path, name, *extra, f"deepspeed.config={ds_file}")
