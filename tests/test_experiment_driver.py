@@ -306,6 +306,7 @@ def test_parallel_jobs_give_the_serial_report(setup):
     want = json.loads((serial / "results.json").read_text())
     got = json.loads((parallel / "results.json").read_text())
     assert got["intervals"] == want["intervals"] and got["newly_solved"] == want["newly_solved"]
+    assert "--jobs 2`" in (parallel / "report.md").read_text()
 
     runner = SeededRunner()
     run_experiment(parse_config(data), stage_runner=runner, evaluator=FakeEvaluator(), log=lambda _: None)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -39,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from exprl.eval import EvalSettings
-from exprl.experiment.config import NO_STAGE1, ExperimentConfig, StageSettings
+from exprl.experiment.config import NO_STAGE1, ExperimentConfig, StageSettings, worker_threads
 from exprl.experiment.report import write_json, write_report
 from exprl.experiment.stages import Evaluator, StageRunner, StageSpec, make_evaluator, train_stage
 from exprl.models import resolve_model_path
@@ -208,10 +207,10 @@ def _prefixed_print(prefix: str, line: str) -> None:
 
 
 def _run_parallel(parts: _Parts, seeds: list[int], jobs: int) -> None:
-    """Every (seed, method) chain in `jobs` spawned processes of `cpu_count // jobs` torch threads each.
+    """Every (seed, method) chain in `jobs` spawned processes of `worker_threads(jobs)` torch threads each.
     The stage runner and evaluator must pickle (module-level callables); the records they leave make the
     serial pass that follows skip every part."""
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = worker_threads(jobs)
     work = [(seed, method) for seed in seeds for method in parts.cfg.stage1]
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
@@ -258,7 +257,12 @@ def run_experiment(
     runs = [parts.one_seed(seed, _seed_dir(cfg, seed)) for seed in seeds]
     evals, stages = runs[0]
     write_report(
-        cfg, base, evals, stages, seed_evals={seed: r[0] for seed, r in zip(seeds, runs, strict=True)}
+        cfg,
+        base,
+        evals,
+        stages,
+        seed_evals={seed: r[0] for seed, r in zip(seeds, runs, strict=True)},
+        jobs=jobs,
     )
     log(f"report: {out / 'report.md'}")
     return out
