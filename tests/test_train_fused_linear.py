@@ -13,7 +13,7 @@ from train_helpers import read_records
 from exprl.errors import RunError
 from exprl.train import run
 from exprl.train.config import load_config
-from exprl.train.engine import deepspeed_config, fused_linear_head, through_head
+from exprl.train.engine import _free_port, deepspeed_config, fused_linear_head, through_head
 
 # the exported parameters and these per-step metrics agree between the two paths within TOLERANCE
 METRICS = ("loss", "kl", "entropy", "clip_frac", "grad_norm")
@@ -84,14 +84,14 @@ def test_two_ranks_fused_matches_logits_path(toy, tmp_path):
     """Under `deepspeed --num_gpus 2`, with the lm_head (tied to the embeddings or not) partitioned over the
     ranks: its gradient from the fused op lands in each rank's partition."""
     common = ["steps=2", "checkpoint_every=0", "algo.micro_batch_size=4", *ALGO]
-    for port, fused in ((29571, True), (29572, False)):
+    for fused in (True, False):
         path = partitioned(toy, tmp_path, f"two-{fused}", *common, f"algo.fused_linear={str(fused).lower()}")
         finish(
             launch(
                 "--num_gpus",
                 "2",
-                "--master_port",
-                str(port),
+                "--master_port",  # a free one: the runs follow each other, other suites run alongside
+                str(_free_port()),
                 "--module",
                 "exprl.train",
                 "--config",
