@@ -49,6 +49,13 @@ def init_distributed() -> tuple[int, int]:
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
+def close_distributed() -> None:
+    """Leave the process group before the interpreter exits (a process-level entry point calls this once):
+    gloo's worker threads torn down by interpreter exit instead can abort a rank after a finished run."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def gather_sum(local: dict[str, float]) -> dict[str, float]:
     """Per-key sums over ranks of a dict of floats whose keys may differ between ranks."""
     everyone: list[dict[str, float]] = [{} for _ in range(dist.get_world_size())]
