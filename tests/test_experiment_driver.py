@@ -283,3 +283,33 @@ def test_several_seeds_give_means_with_bootstrap_intervals(setup):
     header, *rows = table(md, "Across seeds: mean [95% interval]")
     assert header[:2] == ["method", "stage"] and [r[:2] for r in rows] == [["grpo", "I"], ["grpo", "II"]]
     assert all(re.fullmatch(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", c) for r in rows for c in r[2:])
+
+
+def test_parallel_jobs_give_the_serial_report(setup):
+    """`jobs=2` runs the (seed, method) chains in two spawned processes; the numbers equal a serial run's,
+    and the closing serial pass finds every part done."""
+    tmp_path, data = setup
+    data.update(num_seeds=2, stage1={m: data["stage1"][m] for m in ("none", "grpo", "exprl-process")})
+    serial = run_experiment(
+        parse_config(data), stage_runner=SeededRunner(), evaluator=FakeEvaluator(), log=lambda _: None
+    )
+    data.update(out_dir=str(tmp_path / "report-par"), work_dir=str(tmp_path / "runs-par"))
+    lines = []
+    parallel = run_experiment(
+        parse_config(data), stage_runner=SeededRunner(), evaluator=FakeEvaluator(), log=lines.append, jobs=2
+    )
+    # The parent evaluated the base model; the workers did every other part.
+    assert [line.split(":")[0] for line in lines if line.startswith(("[run ]", "[eval]"))] == ["[eval] base"]
+    for seed in (5, 6):
+        for method in ("grpo", "exprl-process"):
+            assert (tmp_path / "runs-par" / f"seed{seed}" / method / "stage2" / "DONE.json").is_file()
+    want = json.loads((serial / "results.json").read_text())
+    got = json.loads((parallel / "results.json").read_text())
+    assert got["intervals"] == want["intervals"] and got["newly_solved"] == want["newly_solved"]
+    assert "--jobs 2`" in (parallel / "report.md").read_text()
+
+    runner = SeededRunner()
+    run_experiment(parse_config(data), stage_runner=runner, evaluator=FakeEvaluator(), log=lambda _: None)
+    assert runner.calls == []
+    with pytest.raises(ValueError, match="jobs must be an int >= 1"):
+        run_experiment(parse_config(data), jobs=0)

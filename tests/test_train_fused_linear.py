@@ -10,9 +10,10 @@ from safetensors.torch import load_file
 from test_train_distributed import finish, kill_at_first_checkpoint, launch, toy_config_file
 from train_helpers import read_records
 
+from exprl.errors import RunError
 from exprl.train import run
 from exprl.train.config import load_config
-from exprl.train.engine import deepspeed_config, forward_hidden, fused_linear_head
+from exprl.train.engine import _free_port, deepspeed_config, fused_linear_head, through_head
 
 # the exported parameters and these per-step metrics agree between the two paths within TOLERANCE
 METRICS = ("loss", "kl", "entropy", "clip_frac", "grad_norm")
@@ -28,18 +29,23 @@ ALGO = [
 ]
 
 
-@pytest.fixture
-def toy(tiny_models):
-    return tiny_models["digits"], tiny_models["reward"]
+@pytest.fixture(params=["digits", "untied"])
+def toy(tiny_models, request):
+    """The toy task on the tiny model whose lm_head is the input embedding, and on one with its own."""
+    return tiny_models[request.param], tiny_models["reward"]
 
 
 def partitioned(toy, tmp_path, name: str, *extra: str):
     """A toy config file whose DeepSpeed JSON is exprl's own ZeRO-3 config with every parameter partitioned:
     DeepSpeed keeps parameters below `stage3_param_persistence_threshold` whole on every rank, which would
-    be all of the tiny model's (a real lm_head is far above it)."""
+    be all of the tiny model's (a real lm_head is far above it). Every parameter is also partitioned again
+    after each use, no prefetch and no reuse distance: else, once DeepSpeed has traced a step, the lm_head
+    stays whole from its forward to its backward, and the gather its backward needs would go untested."""
     cfg = load_config(toy_config_file(toy, tmp_path, name, *extra))
     ds = deepspeed_config(cfg, 1, 1, 1)
-    ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    ds["zero_optimization"].update(
+        stage3_param_persistence_threshold=0, stage3_max_reuse_distance=0, stage3_prefetch_bucket_size=0
+    )
     ds_file = tmp_path / f"{name}-deepspeed.json"
     ds_file.write_text(json.dumps(ds))
     return toy_config_file(toy, tmp_path, name, *extra, f"deepspeed.config={ds_file}")
@@ -75,17 +81,17 @@ def test_one_rank_fused_matches_logits_path(toy, tmp_path):
 
 @pytest.mark.slow
 def test_two_ranks_fused_matches_logits_path(toy, tmp_path):
-    """Under `deepspeed --num_gpus 2`, with the lm_head (tied to the embeddings) partitioned over the ranks:
-    its gradient from the fused op lands in each rank's partition."""
+    """Under `deepspeed --num_gpus 2`, with the lm_head (tied to the embeddings or not) partitioned over the
+    ranks: its gradient from the fused op lands in each rank's partition."""
     common = ["steps=2", "checkpoint_every=0", "algo.micro_batch_size=4", *ALGO]
-    for port, fused in ((29571, True), (29572, False)):
+    for fused in (True, False):
         path = partitioned(toy, tmp_path, f"two-{fused}", *common, f"algo.fused_linear={str(fused).lower()}")
         finish(
             launch(
                 "--num_gpus",
                 "2",
-                "--master_port",
-                str(port),
+                "--master_port",  # a free one: the runs follow each other, other suites run alongside
+                str(_free_port()),
                 "--module",
                 "exprl.train",
                 "--config",
@@ -115,14 +121,11 @@ def _llama(**config):
     return LlamaForCausalLM(LlamaConfig(vocab_size=50, num_hidden_layers=1, **shape, **config))
 
 
-def test_fused_linear_head_is_on_for_a_plain_linear_lm_head_tied_to_the_embeddings():
-    tied, untied = _llama(tie_word_embeddings=True), _llama(tie_word_embeddings=False)
-    assert fused_linear_head(tied, "auto") and fused_linear_head(tied, True)
-    assert not fused_linear_head(tied, False)
-    # untied: ZeRO-3 partitions the head again before the backward of forward_hidden's empty-slice call
-    assert not fused_linear_head(untied, "auto")
-    with pytest.raises(ValueError, match=r"algo.fused_linear: true .*not tied to the input embeddings"):
-        fused_linear_head(untied, True)
+def test_fused_linear_head_is_on_for_a_plain_linear_lm_head_tied_or_not():
+    for tied in (True, False):
+        model = _llama(tie_word_embeddings=tied)
+        assert fused_linear_head(model, "auto") and fused_linear_head(model, True)
+        assert not fused_linear_head(model, False)
 
 
 def test_fused_linear_head_is_off_where_the_logits_are_transformed():
@@ -137,10 +140,9 @@ def test_fused_linear_head_is_off_where_the_logits_are_transformed():
         fused_linear_head(model, True)
 
 
-def test_forward_hidden_takes_the_selected_rows_and_computes_no_logits():
+def _batch():
     from exprl import batching
 
-    model = _llama()
     prompts, responses = (
         [torch.tensor([3, 4, 5]), torch.tensor([6])],
         [torch.tensor([7, 8]), torch.tensor([9, 10])],
@@ -148,14 +150,57 @@ def test_forward_hidden_takes_the_selected_rows_and_computes_no_logits():
     batch = batching.build_rollout_batch(prompts, responses, 0, layout="padded")
     positions = batch.response_mask.clone()
     positions[1, -1] = False  # any subset of positions
-    head_inputs = []
-    model.lm_head.register_forward_pre_hook(lambda module, args: head_inputs.append(args[0].shape))
+    return batch, positions
 
-    hidden = forward_hidden(model, batch, positions)
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_through_head_runs_the_op_on_the_selected_rows_in_place_of_the_lm_head(tied):
+    model = _llama(tie_word_embeddings=tied)
+    batch, positions = _batch()
+    seen = []
+
+    def op(hidden, weight, bias):
+        seen.append((hidden, weight, bias))
+        return (hidden @ weight.t()).logsumexp(-1).sum()
+
+    got = through_head(model, batch, positions, op)
 
     full = model.model(
         input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
     ).last_hidden_state
+    [(hidden, weight, bias)] = seen
     torch.testing.assert_close(hidden, full[positions])
-    assert head_inputs == [torch.Size([0, 16])]
-    assert len(model.lm_head._forward_pre_hooks) == 1  # forward_hidden's own hook is gone
+    assert weight is model.lm_head.weight and bias is None
+    # what the op returned comes back, and backpropagates into the head and the layers below it
+    want = (full[positions] @ model.lm_head.weight.t()).logsumexp(-1).sum()
+    torch.testing.assert_close(got, want)
+    params = [model.lm_head.weight, model.model.embed_tokens.weight, model.model.layers[0].mlp.up_proj.weight]
+    for g, w in zip(torch.autograd.grad(got, params), torch.autograd.grad(want, params), strict=True):
+        torch.testing.assert_close(g, w)
+    assert "forward" not in vars(model.lm_head)  # the head's own forward is back
+    assert model(input_ids=batch.input_ids).logits.shape == (2, batch.input_ids.shape[1], 50)
+
+
+def test_through_head_refuses_a_model_that_does_not_call_its_lm_head_module():
+    from transformers.modeling_outputs import CausalLMOutput
+
+    class Bypass(torch.nn.Module):
+        """Takes logits_to_keep but multiplies by the lm_head's weight itself, never calling the head."""
+
+        def __init__(self):
+            super().__init__()
+            self.inner = _llama(tie_word_embeddings=False)
+
+        def get_output_embeddings(self):
+            return self.inner.lm_head
+
+        def forward(self, logits_to_keep, **inputs):
+            hidden = self.inner.model(**inputs).last_hidden_state[logits_to_keep]
+            return CausalLMOutput(logits=hidden @ self.inner.lm_head.weight.t())
+
+    model = Bypass()
+    own = model.inner.lm_head.forward = lambda hidden: hidden  # a forward set on the instance comes back
+    batch, positions = _batch()
+    with pytest.raises(RunError, match="called its lm_head 0 times, not once.*algo.fused_linear=false"):
+        through_head(model, batch, positions, lambda hidden, weight, bias: hidden.sum())
+    assert vars(model.inner.lm_head)["forward"] is own

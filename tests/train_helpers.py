@@ -10,9 +10,15 @@ from exprl.train.config import TrainConfig, load_config
 
 
 def make_tiny_model(
-    path: pathlib.Path, seed: int = 0, layers: int = 2, hidden: int = 32, digits_stop: bool = False
+    path: pathlib.Path,
+    seed: int = 0,
+    layers: int = 2,
+    hidden: int = 32,
+    digits_stop: bool = False,
+    tied: bool = True,
 ) -> pathlib.Path:
-    """A randomly initialised Llama (about 30k parameters) with the data stream's tokenizer.
+    """A randomly initialised Llama (about 30k parameters) with the data stream's tokenizer; `tied`: its
+    lm_head is the input embedding (else a weight of its own).
 
     digits_stop=True makes every digit an end-of-sequence token of the generation config, so a random
     policy ends most responses early (at its first digit): the toy task of `DIGIT_REWARD` learns from that.
@@ -33,7 +39,7 @@ def make_tiny_model(
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tied,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)

@@ -21,6 +21,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", default=None, help="report directory (overrides out_dir of the config)")
     parser.add_argument("--work-dir", default=None, help="trainer runs directory (overrides work_dir)")
     parser.add_argument("--no-progress", action="store_true", help="hide the evaluation progress bars")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="run the (seed, method) chains in this many processes, the CPU cores split between them "
+        "(default 1: one after another)",
+    )
     args = parser.parse_args(argv)
     try:
         cfg = load_experiment_config(args.config)
@@ -31,5 +38,11 @@ def main(argv: list[str]) -> int:
         cfg.out_dir = Path(args.out)
     if args.work_dir:
         cfg.work_dir = Path(args.work_dir)
-    run_experiment(cfg, evaluator=make_evaluator(cfg.eval, cfg.chat_template, progress=not args.no_progress))
+    if args.jobs < 1:
+        print(f"exprl experiment: --jobs must be >= 1, got {args.jobs}", file=sys.stderr)
+        return 2
+    progress = not args.no_progress and args.jobs == 1  # bars of several processes would interleave
+    run_experiment(
+        cfg, evaluator=make_evaluator(cfg.eval, cfg.chat_template, progress=progress), jobs=args.jobs
+    )
     return 0

@@ -4,6 +4,7 @@ then checked for what types alone do not say."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -59,6 +60,12 @@ class ExperimentConfig:
     chat_template: Literal["auto", "never"] = "auto"
     report: ReportSettings = field(default_factory=ReportSettings)
     source: str = field(default="<dict>", init=False)  # the experiment file, for the report
+
+
+def worker_threads(jobs: int) -> int:
+    """Torch threads per process when `exprl experiment --jobs` splits this machine's cores `jobs` ways."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // jobs)
 
 
 def parse_config(data: Any, source: str = "<dict>", base_dir: Path | None = None) -> ExperimentConfig:

@@ -27,15 +27,18 @@ a model trained again; a finished part whose settings differ from the config is 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from exprl.eval import EvalSettings
-from exprl.experiment.config import NO_STAGE1, ExperimentConfig, StageSettings
+from exprl.experiment.config import NO_STAGE1, ExperimentConfig, StageSettings, worker_threads
 from exprl.experiment.report import write_json, write_report
 from exprl.experiment.stages import Evaluator, StageRunner, StageSpec, make_evaluator, train_stage
 from exprl.models import resolve_model_path
@@ -114,63 +117,152 @@ def _evaluate_once(
     return data
 
 
+@dataclass
+class _Parts:
+    """The experiment's unit steps (train one stage, evaluate one model), each done at most once and
+    skipped when its record exists: the serial driver, a parallel worker and the final pass share them."""
+
+    cfg: ExperimentConfig
+    stage_runner: StageRunner
+    evaluator: Evaluator
+    log: Callable[[str], None]
+    base_done: dict[str, Any]
+    base_eval: dict[str, Any] | None = None
+
+    @property
+    def work(self) -> Path:
+        return self.cfg.work_dir or Path("runs") / "experiment" / self.cfg.name
+
+    def evaluate(self, name: str, done: dict[str, Any], sub: str = "") -> dict[str, Any]:
+        path = self.cfg.out_dir / "evals" / sub / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return _evaluate_once(
+            self.evaluator, self.cfg.eval, Path(done["model_dir"]), path, self.log, done.get("finished_at")
+        )
+
+    def stage(
+        self, sub: str, seed: int, method: str, number: int, init: dict[str, Any], settings: StageSettings
+    ) -> dict[str, Any]:
+        run_dir = self.work / sub / method / f"stage{number}"
+        spec = StageSpec(
+            method,
+            number,
+            Path(init["model_dir"]),
+            run_dir,
+            settings,
+            self.cfg.steps,
+            seed,
+            self.cfg.overrides,
+        )
+        return _run_stage(self.stage_runner, spec, self.log, init_finished_at=init.get("finished_at"))
+
+    def stage1(self, sub: str, seed: int, method: str) -> dict[str, Any]:
+        if method == NO_STAGE1:
+            return self.base_done
+        return self.stage(sub, seed, method, 1, self.base_done, self.cfg.stage1[method])
+
+    def stage1_eval(self, sub: str, method: str, done: dict[str, Any]) -> dict[str, Any]:
+        assert self.base_eval is not None
+        return self.base_eval if method == NO_STAGE1 else self.evaluate(f"{method}-stage1", done, sub)
+
+    def chain(self, sub: str, seed: int, method: str) -> None:
+        """One method's whole path for one seed: Stage I, its evaluation, Stage II, its evaluation."""
+        first = self.stage1(sub, seed, method)
+        self.stage1_eval(sub, method, first)
+        self.evaluate(f"{method}-stage2", self.stage(sub, seed, method, 2, first, self.cfg.stage2), sub)
+
+    def one_seed(self, seed: int, sub: str) -> tuple[dict[str, Any], dict[str, dict[int, dict[str, Any]]]]:
+        """Every method for one seed, all Stage I runs first (the serial order)."""
+        evals: dict[str, Any] = {"base": self.base_eval}
+        stages: dict[str, dict[int, dict[str, Any]]] = {}
+        for method in self.cfg.stage1:
+            stages[method] = {1: self.stage1(sub, seed, method)}
+        for method in self.cfg.stage1:
+            evals[f"{method}-stage1"] = self.stage1_eval(sub, method, stages[method][1])
+        for method in self.cfg.stage1:
+            stages[method][2] = self.stage(sub, seed, method, 2, stages[method][1], self.cfg.stage2)
+            evals[f"{method}-stage2"] = self.evaluate(f"{method}-stage2", stages[method][2], sub)
+        return evals, stages
+
+
+def _seed_dir(cfg: ExperimentConfig, seed: int) -> str:
+    return f"seed{seed}" if cfg.num_seeds > 1 else ""
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _chain_worker(parts: _Parts, seed: int, method: str) -> None:
+    """Runs in a worker process: one (seed, method) chain, its log lines prefixed with both."""
+    sub = _seed_dir(parts.cfg, seed)
+    parts.log = partial(_prefixed_print, f"[seed {seed} {method}]")
+    parts.chain(sub, seed, method)
+
+
+def _prefixed_print(prefix: str, line: str) -> None:
+    print(f"{prefix} {line}", flush=True)
+
+
+def _run_parallel(parts: _Parts, seeds: list[int], jobs: int) -> None:
+    """Every (seed, method) chain in `jobs` spawned processes of `worker_threads(jobs)` torch threads each.
+    The stage runner and evaluator must pickle (module-level callables); the records they leave make the
+    serial pass that follows skip every part."""
+    threads = worker_threads(jobs)
+    work = [(seed, method) for seed in seeds for method in parts.cfg.stage1]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
+        futures = [pool.submit(_chain_worker, replace(parts, log=print), s, m) for s, m in work]
+        try:
+            for future in as_completed(futures):
+                future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
 def run_experiment(
     cfg: ExperimentConfig,
     *,
     stage_runner: StageRunner | None = None,
     evaluator: Evaluator | None = None,
     log: Callable[[str], None] = print,
+    jobs: int = 1,
 ) -> Path:
     """Run (or resume) the whole comparison; returns the report directory `cfg.out_dir`.
 
     `stage_runner` and `evaluator` default to the real trainer (`exprl.train.run`) and `exprl.eval.evaluate`.
-    Order: base evaluation, every Stage I, their evaluations, then Stage II and its evaluation per method.
+    Order: base evaluation, then per seed every Stage I, their evaluations, then Stage II and its evaluation
+    per method. `jobs` > 1 runs the (seed, method) chains in that many processes instead (the machine's
+    cores split between them; a small model trains faster as two 1-thread processes than as one 2-thread
+    one), then the serial pass finds every part done and only writes the report.
     """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be an int >= 1, got {jobs!r}")
     stage_runner = stage_runner or train_stage
     evaluator = evaluator or make_evaluator(cfg.eval, cfg.chat_template)
     out = cfg.out_dir
-    work = cfg.work_dir or Path("runs") / "experiment" / cfg.name
     (out / "evals").mkdir(parents=True, exist_ok=True)
     base = resolve_model_path(cfg.base_model, key="base_model")
-
-    def evaluate_stage(name: str, done: dict[str, Any], sub: str = "") -> dict[str, Any]:
-        path = out / "evals" / sub / f"{name}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return _evaluate_once(
-            evaluator, cfg.eval, Path(done["model_dir"]), path, log, done.get("finished_at")
-        )
-
     base_done = {"method": "base", "model_dir": str(base), "steps": 0, "wall_s": 0.0}
-    base_eval = evaluate_stage("base", base_done)
-
-    def one_seed(seed: int, sub: str) -> tuple[dict[str, Any], dict[str, dict[int, dict[str, Any]]]]:
-        def stage(method: str, number: int, init: dict[str, Any], settings: StageSettings) -> dict[str, Any]:
-            run_dir = work / sub / method / f"stage{number}"
-            spec = StageSpec(
-                method, number, Path(init["model_dir"]), run_dir, settings, cfg.steps, seed, cfg.overrides
-            )
-            return _run_stage(stage_runner, spec, log, init_finished_at=init.get("finished_at"))
-
-        evals = {"base": base_eval}
-        stages: dict[str, dict[int, dict[str, Any]]] = {}
-        for method, settings in cfg.stage1.items():
-            stages[method] = {1: base_done if method == NO_STAGE1 else stage(method, 1, base_done, settings)}
-        for method in cfg.stage1:
-            evals[f"{method}-stage1"] = (
-                base_eval
-                if method == NO_STAGE1
-                else evaluate_stage(f"{method}-stage1", stages[method][1], sub)
-            )
-        for method in cfg.stage1:
-            stages[method][2] = stage(method, 2, stages[method][1], cfg.stage2)
-            evals[f"{method}-stage2"] = evaluate_stage(f"{method}-stage2", stages[method][2], sub)
-        return evals, stages
+    parts = _Parts(cfg, stage_runner, evaluator, log, base_done)
+    parts.base_eval = parts.evaluate("base", base_done)
 
     seeds = [cfg.seed + i for i in range(cfg.num_seeds)]
-    runs = [one_seed(seed, f"seed{seed}" if cfg.num_seeds > 1 else "") for seed in seeds]
+    if jobs > 1:
+        _run_parallel(parts, seeds, jobs)
+    runs = [parts.one_seed(seed, _seed_dir(cfg, seed)) for seed in seeds]
     evals, stages = runs[0]
     write_report(
-        cfg, base, evals, stages, seed_evals={seed: r[0] for seed, r in zip(seeds, runs, strict=True)}
+        cfg,
+        base,
+        evals,
+        stages,
+        seed_evals={seed: r[0] for seed, r in zip(seeds, runs, strict=True)},
+        jobs=jobs,
     )
     log(f"report: {out / 'report.md'}")
     return out

@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from exprl.experiment.config import NO_STAGE1, ExperimentConfig
+from exprl.experiment.config import NO_STAGE1, ExperimentConfig, worker_threads
 from exprl.experiment.intervals import bootstrap_interval, table
 from exprl.train.metrics import read_metrics
 
@@ -206,10 +206,12 @@ def write_report(
     evals: dict[str, dict[str, Any]],
     stages: dict[str, dict[int, dict[str, Any]]],
     seed_evals: dict[int, dict[str, dict[str, Any]]] | None = None,
+    jobs: int = 1,
 ) -> Path:
     """Write report.md, results.json and plots/ into cfg.out_dir from finished stages and evaluations
     (`evals`, `stages`: the first seed's); `seed_evals` (seed -> evals, default {cfg.seed: evals}) feed the
-    table of means with 95% bootstrap intervals over seeds and problems."""
+    table of means with 95% bootstrap intervals over seeds and problems. `jobs`: the processes the chains
+    ran in (`exprl experiment --jobs`), for the header."""
     seed_evals = seed_evals or {cfg.seed: evals}
     out = cfg.out_dir
     plots = out / "plots"
@@ -228,12 +230,18 @@ def write_report(
     }
 
     ev = cfg.eval
+    threads = f"{machine['torch_threads']} threads"
+    jobs_flag = ""
+    if jobs > 1:
+        threads = f"{jobs} processes of {worker_threads(jobs)} torch threads"
+        jobs_flag = f" --jobs {jobs}"
     lines = [
         f"# exprl experiment: {cfg.name}",
         "",
         f"Generated {generated} on {machine['device']} ({machine['cpu_model']}, {machine['cpus']} CPUs "
-        f"visible, {machine['platform']}, torch {machine['torch']}, {machine['torch_threads']} threads).",
-        f"Command: `exprl experiment --config {cfg.source}`. Base model: `{cfg.base_model}` ({base_model}). "
+        f"visible, {machine['platform']}, torch {machine['torch']}, {threads}).",
+        f"Command: `exprl experiment --config {cfg.source}{jobs_flag}`. "
+        f"Base model: `{cfg.base_model}` ({base_model}). "
         f"Training seed {cfg.seed}; evaluation seed {ev.seed}.",
         "",
         "## Compute budget",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -117,9 +118,6 @@ def rft_stage(spec: StageSpec) -> StageResult:
 
 
 def make_evaluator(settings: EvalSettings, chat_template: str = "auto", progress: bool = True) -> Evaluator:
-    """An evaluator that loads a model directory and evaluates it with the experiment's settings."""
-
-    def evaluate_model(model_dir: Path) -> EvalReport:
-        return evaluate_model_dir(model_dir, settings, chat_template=chat_template, progress=progress)
-
-    return evaluate_model
+    """An evaluator that loads a model directory and evaluates it with the experiment's settings (a
+    partial of a module-level function, so that it pickles into `exprl experiment --jobs` workers)."""
+    return partial(evaluate_model_dir, settings=settings, chat_template=chat_template, progress=progress)

@@ -4,5 +4,10 @@ import sys
 
 from exprl.errors import run_command
 from exprl.train.cli import main
+from exprl.train.engine import close_distributed
 
-sys.exit(run_command("exprl train", main, sys.argv[1:]))
+try:
+    code = run_command("exprl train", main, sys.argv[1:])
+finally:
+    close_distributed()
+sys.exit(code)

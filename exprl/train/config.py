@@ -109,7 +109,8 @@ class AlgoConfig:
     loss_agg: str = "token-mean"  # one of exprl.kernels.LOSS_AGGS
     loss_backend: str = "auto"  # one of exprl.kernels.BACKENDS
     # the loss from the final hidden states and the lm_head (exprl.kernels.linear_entropy_pg_loss), no
-    # logits; auto: when the model's output layer allows it (exprl.train.engine.fused_linear_head)
+    # logits; auto: when the output layer is a plain nn.Linear lm_head, tied to the input embeddings or
+    # not, and no logit transform follows it (exprl.train.engine.fused_linear_head)
     fused_linear: Literal["auto", True, False] = "auto"
 
 

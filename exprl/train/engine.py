@@ -13,7 +13,7 @@ import os
 import pathlib
 import random
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from exprl.errors import RunError
 from exprl.models import default_attn_implementation, load_model_and_tokenizer
 from exprl.train.config import TrainConfig
 
@@ -68,6 +69,13 @@ def _without_shm_comm_op() -> Iterator[None]:
         yield
     finally:
         backend.build_shm_op = build
+
+
+def close_distributed() -> None:
+    """Leave the process group before the interpreter exits (a process-level entry point calls this once):
+    gloo's worker threads torn down by interpreter exit instead can abort a rank after a finished run."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def gather_sum(local: dict[str, float]) -> dict[str, float]:
@@ -228,10 +236,9 @@ def fused_linear_head(model: torch.nn.Module, setting: str | bool, key: str = "a
     of logits, by `setting`: "auto" when the model allows it, True demands it (ValueError naming `key`
     when it does not), False never.
 
-    A model allows it when its output layer is a plain `torch.nn.Linear` tied to the input embeddings, its
-    forward takes Hugging Face's `logits_to_keep` (`forward_hidden` selects rows with it), and its config
-    transforms no logits after the lm_head. An untied lm_head is not taken yet: the backward of its
-    empty-slice call in `forward_hidden` meets the weight already partitioned again by ZeRO-3.
+    A model allows it when its output layer is a plain `torch.nn.Linear` (tied to the input embeddings or
+    not), its forward takes Hugging Face's `logits_to_keep` (`through_head` selects rows with it), and its
+    config transforms no logits after the lm_head.
     """
     if setting is False:
         return False
@@ -239,8 +246,6 @@ def fused_linear_head(model: torch.nn.Module, setting: str | bool, key: str = "a
     reason = None
     if type(head) is not torch.nn.Linear:
         reason = f"its output layer is {type(head).__name__}, not a plain torch.nn.Linear"
-    elif head.weight is not model.get_input_embeddings().weight:
-        reason = "its lm_head is not tied to the input embeddings (untied heads are not supported yet)"
     elif "logits_to_keep" not in inspect.signature(model.forward).parameters:
         reason = f"{type(model).__name__}.forward takes no logits_to_keep"
     else:
@@ -248,60 +253,53 @@ def fused_linear_head(model: torch.nn.Module, setting: str | bool, key: str = "a
         if transforms:
             reason = f"its config transforms the logits after the lm_head ({', '.join(transforms)})"
     if reason is not None and setting is True:
-        raise ValueError(
-            f"{key}: true needs a plain linear lm_head tied to the input embeddings, but {reason}"
-        )
+        raise ValueError(f"{key}: true needs a plain linear lm_head, but {reason}")
     return reason is None
 
 
-def forward_hidden(engine: Any, batch: Any, positions: Tensor) -> Tensor:
-    """The final hidden states (R, H) of the R positions where `positions` (B, L) bool is True, in (b, t)
-    order, from the forward of `engine` (a DeepSpeed engine, so that its ZeRO-3 hooks and backward
-    prologue run; or a bare Hugging Face model) for `batch` (a padded `TrainingBatch`), no logits computed:
-    `logits_to_keep=positions` makes the model select those rows before its lm_head, and a hook takes them
-    there and hands the lm_head an empty slice instead.
+def through_head(
+    engine: Any, batch: Any, positions: Tensor, op: Callable[[Tensor, Tensor, Tensor | None], Tensor]
+) -> Tensor:
+    """The forward of `engine` (a DeepSpeed engine, or a bare Hugging Face model) for `batch` (a padded
+    `TrainingBatch`) with `op(hidden, weight, bias)` in place of its lm_head's forward: `hidden` (R, H) are
+    the final hidden states of the R positions where `positions` (B, L) bool is True, in (b, t) order
+    (`logits_to_keep=positions` makes the model select them), `weight` and `bias` the lm_head's; no logits
+    are computed. Returns the tensor `op` returned, as the model returns it in place of the logits.
 
-    The hook runs before DeepSpeed's own hooks on the lm_head, so the rows taken stay outside the
-    lm_head's backward hooks: their gradient flows straight to the layers below.
+    `op` runs inside the lm_head module's own call, so DeepSpeed's ZeRO-3 hooks on the lm_head treat it as
+    the head's forward: the weight (and bias) are gathered before `op` and partitioned again after it,
+    gathered again when the backward reaches the returned tensor, so that the gradient `op` gives the weight
+    is accumulated while the weight is whole and DeepSpeed's gradient hook reduces it into this rank's
+    partition (a tied lm_head, the input embedding, sums it with the embedding's first). The loss must
+    therefore be built from the returned tensor, which carries those backward hooks, not from anything
+    `op` kept aside.
     """
-    taken: list[Tensor] = []
+    model = getattr(engine, "module", engine)
+    head = model.get_output_embeddings()
+    calls = 0
 
-    def take(module: torch.nn.Module, args: tuple) -> tuple:
-        taken.append(args[0])
-        return (args[0][:0], *args[1:])
+    def forward(hidden: Tensor) -> Tensor:
+        nonlocal calls
+        calls += 1
+        return op(hidden, head.weight, head.bias)
 
-    head = getattr(engine, "module", engine).get_output_embeddings()
-    handle = head.register_forward_pre_hook(take, prepend=True)
+    shadowed = vars(head).get("forward")  # a forward set on the instance (by another library) comes back
+    head.forward = forward
     try:
-        engine(
+        out = engine(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
             position_ids=batch.position_ids,
             logits_to_keep=positions,
         )
     finally:
-        handle.remove()
-    return taken[0]
-
-
-@contextlib.contextmanager
-def gathered_head(engine: Any) -> Iterator[tuple[Tensor, Tensor | None]]:
-    """The lm_head's (weight, bias) of `engine` (DeepSpeed's, or a bare model), whole for the duration:
-    ZeRO-3 partitions an engine's, so they are gathered (`deepspeed.zero.GatheredParameters`) and
-    partitioned again on exit. A bare model's are taken as they are: not ZeRO-3's, or a module that
-    `rollout.generation_mode` holds gathered (whose gathering this must not nest).
-
-    Gradients computed from them inside reach DeepSpeed the usual way: autograd accumulates the full
-    (V, H) gradient into the parameter, whose gradient hook reduce-scatters it into this rank's partition.
-    A tied lm_head is the input embedding: its two gradients are summed first.
-    """
-    import deepspeed
-
-    if not hasattr(engine, "module"):
-        head = engine.get_output_embeddings()
-        yield head.weight, head.bias
-        return
-    head = engine.module.get_output_embeddings()
-    params = [p for p in (head.weight, head.bias) if p is not None]
-    with deepspeed.zero.GatheredParameters(params):
-        yield head.weight, head.bias
+        if shadowed is None:
+            del head.forward
+        else:
+            head.forward = shadowed
+    if calls != 1:
+        raise RunError(
+            f"{type(model).__name__}.forward called its lm_head {calls} times, not once: the fused linear "
+            "path (algo.fused_linear) cannot run the loss in its place; set algo.fused_linear=false"
+        )
+    return out.logits

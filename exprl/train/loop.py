@@ -14,11 +14,11 @@ ranks), so the gradient, and the logged loss, do not depend on the rank count or
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import pathlib
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,14 +41,13 @@ from exprl.train.config import TrainConfig, batch_layout
 from exprl.train.engine import (
     build_engine,
     deepspeed_config,
-    forward_hidden,
     fused_linear_head,
     gather_sum,
-    gathered_head,
     global_sum,
     init_distributed,
     load_policy,
     seed_everything,
+    through_head,
 )
 from exprl.train.entropy import EntropyController
 
@@ -249,7 +248,7 @@ def length_limited(ro: rollout.RolloutGroups, cfg: TrainConfig) -> list[bool]:
     return list(ro.truncated) if cfg.reward.truncation == "zero" else [False] * len(ro)
 
 
-@dataclass
+@dataclasses.dataclass
 class MicroBatch:
     """Training tensors of a few rollouts, padded (B, L); `advantages` and `mask` align with `target_ids`."""
 
@@ -308,10 +307,15 @@ def policy_logprobs(engine, mb: MicroBatch, temperature: float, fused_linear: bo
         return logprobs_and_entropy(forward_logits(engine, mb), mb.batch.target_ids, temperature=temperature)[
             0
         ]
-    hidden = forward_hidden(engine, mb.batch, mb.mask)
-    with gathered_head(engine) as (weight, bias):
-        targets = mb.batch.target_ids[mb.mask]
-        return linear_logprobs_and_entropy(hidden, weight, targets, bias=bias, temperature=temperature)[0]
+    targets = mb.batch.target_ids[mb.mask]
+    return through_head(
+        engine,
+        mb.batch,
+        mb.mask,
+        lambda hidden, weight, bias: linear_logprobs_and_entropy(
+            hidden, weight, targets, bias=bias, temperature=temperature
+        )[0],
+    )
 
 
 def policy_loss(engine, mb: MicroBatch, fused_linear: bool, **options: Any) -> PGLossOutput:
@@ -336,19 +340,27 @@ def policy_loss(engine, mb: MicroBatch, fused_linear: bool, **options: Any) -> P
     cu_seqlens = torch.nn.functional.pad(lengths[lengths > 0].cumsum(0), (1, 0))
     if len(cu_seqlens) == 1:  # no token at all: one empty sequence
         cu_seqlens = lengths.new_zeros(2)
-    hidden = forward_hidden(engine, mb.batch, mb.mask)
-    with gathered_head(engine) as (weight, bias):
-        return linear_entropy_pg_loss(
-            hidden,
-            weight,
-            mb.batch.target_ids[mb.mask],
-            mb.advantages[mb.mask],
-            bias=bias,
-            old_logprobs=mb.old_logprobs,
-            ref_logprobs=mb.ref_logprobs,
-            cu_seqlens=cu_seqlens,
-            **options,
+    outputs: list[PGLossOutput] = []
+
+    def loss(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        outputs.append(
+            linear_entropy_pg_loss(
+                hidden,
+                weight,
+                mb.batch.target_ids[mb.mask],
+                mb.advantages[mb.mask],
+                bias=bias,
+                old_logprobs=mb.old_logprobs,
+                ref_logprobs=mb.ref_logprobs,
+                cu_seqlens=cu_seqlens,
+                **options,
+            )
         )
+        return outputs[0].loss
+
+    returned = through_head(engine, mb.batch, mb.mask, loss)
+    # the loss as the model returned it: DeepSpeed's backward hooks of the lm_head hang on it
+    return dataclasses.replace(outputs[0], loss=returned)
 
 
 def optimize(
