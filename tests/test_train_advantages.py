@@ -8,15 +8,21 @@ import torch
 from exprl.train import advantages
 
 
-def test_registry_lists_the_four_estimators():
-    assert set(advantages.ADVANTAGES) == {"grpo", "process-delta", "process-end", "process-group"}
+def test_registry_lists_the_five_estimators():
+    assert set(advantages.ADVANTAGES) == {
+        "grpo",
+        "process-delta",
+        "process-delta-charge",
+        "process-end",
+        "process-group",
+    }
     with pytest.raises(ValueError, match="unknown estimator 'vtrace'"):
         advantages.get("vtrace")
 
 
 def test_only_the_process_estimators_need_segments():
     needs = {name for name, estimator in advantages.ADVANTAGES.items() if estimator.needs_segments}
-    assert needs == {"process-delta", "process-end", "process-group"}
+    assert needs == {"process-delta", "process-delta-charge", "process-end", "process-group"}
 
 
 def test_registering_a_taken_name_is_an_error():
@@ -78,10 +84,15 @@ def test_process_one_segment_delta_keeps_its_score_end_gives_zero():
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [("process-delta", [0.0, 0.0, 0.0]), ("process-end", [-0.75, -0.75, -0.75])],
+    [
+        ("process-delta", [0.0, 0.0, 0.0]),
+        ("process-end", [-0.75, -0.75, -0.75]),
+        ("process-delta-charge", [-0.75, -0.75, -0.75]),
+    ],
 )
 def test_truncated_process_rollout(name, expected):
-    # the judge's scores (0.25, 0.75) of a truncated rollout: delta zeroes them; end is 0 - s_T per token
+    # the judge's scores (0.25, 0.75) of a truncated rollout: delta zeroes them; end and delta-charge give
+    # 0 - s_T per token
     out = advantages.get(name)(
         [[0.25, 0.75], [0.25, 0.75]],
         1,
@@ -94,6 +105,17 @@ def test_truncated_process_rollout(name, expected):
         [[0.25, 0.75]], 1, response_lengths=[3], token_segment_ids=[torch.tensor([0, 1, 1])]
     )
     assert out[1].tolist() == untruncated[0].tolist()
+
+
+def test_process_delta_charge_is_delta_on_finished_rollouts():
+    scores = [[0.25, 0.75, 0.5], [1.0], [0.5, 0.0]]
+    kwargs = {
+        "response_lengths": [4, 2, 3],
+        "token_segment_ids": [torch.tensor([0, 0, 1, 2]), torch.tensor([0, 0]), torch.tensor([0, 1, 1])],
+    }
+    charged = advantages.get("process-delta-charge")(scores, 1, **kwargs)
+    delta = advantages.get("process-delta")(scores, 1, **kwargs)
+    assert [c.tolist() for c in charged] == [d.tolist() for d in delta]
 
 
 def test_truncated_process_group_counts_as_zero_scores():
