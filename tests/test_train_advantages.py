@@ -87,12 +87,12 @@ def test_process_one_segment_delta_keeps_its_score_end_gives_zero():
     [
         ("process-delta", [0.0, 0.0, 0.0]),
         ("process-end", [-0.75, -0.75, -0.75]),
-        ("process-delta-charge", [-0.75, -0.75, -0.75]),
+        ("process-delta-charge", [-1.0, -1.0, -1.0]),
     ],
 )
 def test_truncated_process_rollout(name, expected):
-    # the judge's scores (0.25, 0.75) of a truncated rollout: delta zeroes them; end and delta-charge give
-    # 0 - s_T per token
+    # the judge's scores (0.25, 0.75) of a truncated rollout: delta zeroes them; end is 0 - s_T per token,
+    # delta-charge the largest drop, -1
     out = advantages.get(name)(
         [[0.25, 0.75], [0.25, 0.75]],
         1,

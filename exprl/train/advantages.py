@@ -13,8 +13,8 @@ Every estimator has the same signature:
   scores of truncated rollouts arrive as 0 (`exprl.train.rollout.score`); per-segment scores arrive as
   the judge gave them, because the length-limit rule depends on the estimator: process-delta and
   process-group treat them as all 0 (every advantage 0 for delta), process-end gives -s_T on every
-  token (the official EndNorm: the zeroed reward minus the judge's last-segment score), and so does
-  process-delta-charge (DeltaNorm otherwise; exprl's, not in the published code).
+  token (the official EndNorm: the zeroed reward minus the judge's last-segment score), and
+  process-delta-charge gives -1 on every token (DeltaNorm otherwise; exprl's, not in the published code).
 * Returns per rollout a float32 (R_i,) tensor: the advantage of each response token.
 
 GroupNorm (process-group) deviates from the official code on purpose: the official version subtracts the
@@ -146,10 +146,9 @@ def _process(mode: str, charge_truncated: bool = False) -> Callable[..., list[Te
             ids, rows, mode=mode, group_size=group_size if mode == "group" else None
         )
         out = [per_token[i, :n].clone() for i, n in enumerate(response_lengths)]
-        if mode == "end" or charge_truncated:
-            for i, score in enumerate(scores):
-                if truncated[i] and score:
-                    out[i].fill_(-float(score[-1]))
+        for i, score in enumerate(scores):
+            if truncated[i] and score and (mode == "end" or charge_truncated):
+                out[i].fill_(-1.0 if charge_truncated else -float(score[-1]))
         return out
 
     estimator.__name__ = f"process_{mode}" + ("_charge" if charge_truncated else "")
@@ -163,9 +162,11 @@ def _process(mode: str, charge_truncated: bool = False) -> Callable[..., list[Te
 register("process-delta", needs_segments=True)(_process("delta"))
 register("process-end", needs_segments=True)(_process("end"))
 register("process-group", needs_segments=True, needs_groups=True)(_process("group"))
-# Not in the published code: DeltaNorm whose truncated rollouts pay EndNorm's -s_T on every token. Under the
-# published rule (all 0) never finishing costs nothing while a wrong answer's delta is negative, and at a
-# short length limit the policy learns never to answer (benchmarks/results/experiment-tiny/NOTES.md).
+# Not in the published code: DeltaNorm whose truncated rollouts get -1 on every token (the largest drop a
+# segment delta can take, scores being in [0, 1]). Under the published rule (all 0) never finishing costs
+# nothing while a wrong answer's delta is negative, and at a short length limit the policy learns never to
+# answer; EndNorm's -s_T is no remedy there, since the segment cut by the limit scores about 0
+# (benchmarks/results/experiment-tiny/NOTES.md).
 register("process-delta-charge", needs_segments=True)(_process("delta", charge_truncated=True))
 
 
