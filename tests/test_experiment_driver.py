@@ -7,6 +7,10 @@ The real end-to-end run with the trainer is tests/test_experiment_e2e.py.
 
 import json
 import re
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -313,3 +317,59 @@ def test_parallel_jobs_give_the_serial_report(setup):
     assert runner.calls == []
     with pytest.raises(ValueError, match="jobs must be an int >= 1"):
         run_experiment(parse_config(data), jobs=0)
+
+
+KILLED_PARENT_SCRIPT = """
+import json, os, sys, time
+from pathlib import Path
+
+from exprl.eval.report import EvalReport, SplitMetrics
+from exprl.experiment import parse_config, run_experiment
+
+
+class SlowRunner:
+    def __call__(self, spec):
+        (Path(sys.argv[1]) / f"{os.getpid()}.pid").write_text("")
+        time.sleep(300)
+
+
+def evaluate(model_dir):
+    split = SplitMetrics(1, {1: 0.0}, 1.0, 1.0, 1.0, 0.0, 0)
+    return EvalReport(settings={}, splits={"test": split}, problems=[])
+
+
+if __name__ == "__main__":
+    cfg = parse_config(json.loads(Path(sys.argv[2]).read_text()))
+    run_experiment(cfg, stage_runner=SlowRunner(), evaluator=evaluate, log=lambda _: None, jobs=2)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's prctl")
+def test_killed_experiment_takes_its_workers_with_it(setup):
+    """A killed `exprl experiment --jobs 2` leaves no worker running its chain (it would hold the run
+    directory's lock against the rerun)."""
+    tmp_path, data = setup
+    pids, script, config = tmp_path / "pids", tmp_path / "run.py", tmp_path / "cfg.json"
+    pids.mkdir()
+    script.write_text(KILLED_PARENT_SCRIPT)
+    config.write_text(json.dumps(data))
+    parent = subprocess.Popen([sys.executable, str(script), str(pids), str(config)])
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(pids.iterdir())) < 2:
+            assert parent.poll() is None, "the experiment exited before its workers started"
+            assert time.monotonic() < deadline, "the workers never started"
+            time.sleep(0.2)
+    finally:
+        parent.kill()
+        parent.wait()
+    workers = [int(p.stem) for p in pids.iterdir()]
+
+    def running(pid):
+        status = Path(f"/proc/{pid}/status")
+        return status.exists() and "\nState:\tZ" not in status.read_text()
+
+    deadline = time.monotonic() + 30
+    while any(running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(running(pid) for pid in workers)

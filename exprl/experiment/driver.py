@@ -26,9 +26,13 @@ a model trained again; a finished part whose settings differ from the config is 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import multiprocessing
+import os
 import shutil
+import signal
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -189,7 +193,18 @@ def _seed_dir(cfg: ExperimentConfig, seed: int) -> str:
     return f"seed{seed}" if cfg.num_seeds > 1 else ""
 
 
-def _init_worker(threads: int) -> None:
+_PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _init_worker(threads: int, parent: int) -> None:
+    """A worker dies with the experiment process: on Linux the kernel sends it SIGTERM when its parent dies
+    (a killed `exprl experiment` must not leave chains running that would hold their run directories'
+    locks against the rerun; an interrupted stage resumes from its last checkpoint)."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os._exit(1)
     import torch
 
     torch.set_num_threads(threads)
@@ -213,7 +228,9 @@ def _run_parallel(parts: _Parts, seeds: list[int], jobs: int) -> None:
     threads = worker_threads(jobs)
     work = [(seed, method) for seed in seeds for method in parts.cfg.stage1]
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(
+        jobs, mp_context=context, initializer=_init_worker, initargs=(threads, os.getpid())
+    ) as pool:
         futures = [pool.submit(_chain_worker, replace(parts, log=print), s, m) for s, m in work]
         try:
             for future in as_completed(futures):
