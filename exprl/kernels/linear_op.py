@@ -300,7 +300,14 @@ def linear_entropy_pg_loss(
     Returns `PGLossOutput`; the loss is differentiable w.r.t. hidden, weight and bias.
     """
     target_ids, rows, chunk_size = _check_linear(hidden, weight, bias, target_ids, chunk_size)
-    options = LossOptions(
+    options, advantages, per_token = _check_loss_args(
+        target_ids,
+        advantages,
+        mask=mask,
+        old_logprobs=old_logprobs,
+        ref_logprobs=ref_logprobs,
+        norm_tokens=norm_tokens,
+        cu_seqlens=cu_seqlens,
         temperature=temperature,
         clip_low=clip_low,
         clip_high=clip_high,
@@ -310,16 +317,6 @@ def linear_entropy_pg_loss(
         entropy_coef=entropy_coef,
         loss_agg=loss_agg,
         max_len=max_len,
-    )
-    advantages, per_token = _check_loss_args(
-        target_ids,
-        advantages,
-        options,
-        mask=mask,
-        old_logprobs=old_logprobs,
-        ref_logprobs=ref_logprobs,
-        norm_tokens=norm_tokens,
-        cu_seqlens=cu_seqlens,
     )
     backend = _resolve_backend(backend, rows)
     if backend == "eager":

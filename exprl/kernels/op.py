@@ -359,7 +359,14 @@ def entropy_pg_loss(
     - Neither the log-ratio of the PPO ratio nor the k3 estimate is clamped; verl clamps both.
     """
     logits, target_ids = _check_logits_and_targets(logits, target_ids)
-    options = LossOptions(
+    options, advantages, per_token = _check_loss_args(
+        target_ids,
+        advantages,
+        mask=mask,
+        old_logprobs=old_logprobs,
+        ref_logprobs=ref_logprobs,
+        norm_tokens=norm_tokens,
+        cu_seqlens=cu_seqlens,
         temperature=temperature,
         clip_low=clip_low,
         clip_high=clip_high,
@@ -369,16 +376,6 @@ def entropy_pg_loss(
         entropy_coef=entropy_coef,
         loss_agg=loss_agg,
         max_len=max_len,
-    )
-    advantages, per_token = _check_loss_args(
-        target_ids,
-        advantages,
-        options,
-        mask=mask,
-        old_logprobs=old_logprobs,
-        ref_logprobs=ref_logprobs,
-        norm_tokens=norm_tokens,
-        cu_seqlens=cu_seqlens,
     )
     backend = _resolve_backend(backend, logits)
     if backend == "eager":
@@ -400,20 +397,22 @@ def entropy_pg_loss(
 def _check_loss_args(
     target_ids: torch.Tensor,
     advantages: object,
-    options: LossOptions,
     *,
     mask: object,
     old_logprobs: object,
     ref_logprobs: object,
     norm_tokens: object,
     cu_seqlens: object,
-) -> tuple[torch.Tensor, dict[str, object]]:
-    """The per-token arguments of a loss call checked against the (checked) target_ids and options.
+    **scalar_options: object,
+) -> tuple[LossOptions, torch.Tensor, dict[str, object]]:
+    """The scalar options (`LossOptions` fields) and the per-token arguments of a loss call, checked
+    against the (checked) target_ids.
 
-    Shared by `entropy_pg_loss` and the fused linear op. Returns the advantages and the keyword
-    arguments of `reference.entropy_pg_loss` (mask, old_logprobs, ref_logprobs, norm_tokens,
+    Shared by `entropy_pg_loss` and the fused linear op. Returns the options, the advantages and the
+    keyword arguments of `reference.entropy_pg_loss` (mask, old_logprobs, ref_logprobs, norm_tokens,
     cu_seqlens as int64), which `_token_inputs` also takes.
     """
+    options = LossOptions(**scalar_options)
     device, shape = target_ids.device, target_ids.shape
     cu_seqlens = _check_cu_seqlens(cu_seqlens, target_ids)
     advantages = _check_advantages(advantages, target_ids, cu_seqlens)
@@ -433,7 +432,7 @@ def _check_loss_args(
         norm_tokens=norm_tokens,
         cu_seqlens=cu_seqlens,
     )
-    return advantages, per_token
+    return options, advantages, per_token
 
 
 def _token_inputs(

@@ -106,7 +106,12 @@ def grpo(
     return [torch.full((n,), float(a)) for a, n in zip(sequence_adv.tolist(), response_lengths, strict=True)]
 
 
-def _process(mode: str, charge_truncated: bool = False) -> Callable[..., list[Tensor]]:
+def _process(
+    mode: str, truncation_charge: Callable[[list[float]], float] | None = None
+) -> Callable[..., list[Tensor]]:
+    """The estimator of `segment_advantages(mode=mode)`; `truncation_charge(scores)`, when given, is the
+    advantage of every token of a truncated rollout with the judge's segment `scores`."""
+
     def estimator(
         scores: Sequence[Score],
         group_size: int,
@@ -146,12 +151,13 @@ def _process(mode: str, charge_truncated: bool = False) -> Callable[..., list[Te
             ids, rows, mode=mode, group_size=group_size if mode == "group" else None
         )
         out = [per_token[i, :n].clone() for i, n in enumerate(response_lengths)]
-        for i, score in enumerate(scores):
-            if truncated[i] and score and (mode == "end" or charge_truncated):
-                out[i].fill_(-1.0 if charge_truncated else -float(score[-1]))
+        if truncation_charge is not None:
+            for i, score in enumerate(scores):
+                if truncated[i] and score:
+                    out[i].fill_(truncation_charge(score))
         return out
 
-    estimator.__name__ = f"process_{mode}" + ("_charge" if charge_truncated else "")
+    estimator.__name__ = f"process_{mode}"
     estimator.__doc__ = (
         f"ExpRL-Process, `exprl.batching.segment_advantages(mode={mode!r})` per token; truncated rollouts "
         "as the module docstring says."
@@ -160,14 +166,16 @@ def _process(mode: str, charge_truncated: bool = False) -> Callable[..., list[Te
 
 
 register("process-delta", needs_segments=True)(_process("delta"))
-register("process-end", needs_segments=True)(_process("end"))
+register("process-end", needs_segments=True)(_process("end", lambda score: -float(score[-1])))
 register("process-group", needs_segments=True, needs_groups=True)(_process("group"))
 # Not in the published code: DeltaNorm whose truncated rollouts get -1 on every token (the largest drop a
 # segment delta can take, scores being in [0, 1]). Under the published rule (all 0) never finishing costs
 # nothing while a wrong answer's delta is negative, and at a short length limit the policy learns never to
 # answer; EndNorm's -s_T is no remedy there, since the segment cut by the limit scores about 0
 # (benchmarks/results/experiment-tiny/NOTES.md).
-register("process-delta-charge", needs_segments=True)(_process("delta", charge_truncated=True))
+process_delta_charge = _process("delta", lambda score: -1.0)
+process_delta_charge.__name__ = "process_delta_charge"
+register("process-delta-charge", needs_segments=True)(process_delta_charge)
 
 
 def _check_lengths(scores: Sequence[Score], response_lengths: Sequence[int], group_size: int) -> None:
